@@ -1,0 +1,5 @@
+import sys
+
+from instasam.cli import main
+
+sys.exit(main())

@@ -1,0 +1,181 @@
+"""Typed configuration. The paper's values are the defaults, and this is the one place they live.
+
+Numbers come from Nam et al., MICCAI 2024 and the authors' code release (see
+``../shared/docs/method.md``); where the two differ the field's comment says which one
+the default follows and the other is one argument away.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class PseudoLabelConfig:
+    """Pseudo instance labels from point prompts (Eq. 2-4)."""
+
+    delta: float = 0.5  # probability that counts as "claims the pixel"
+    epsilon: float = 0.3  # entropy above which a pixel is ignored
+    n_negatives: int = 4  # negative points per prompt, drawn from the other points
+    # Paper: per-pixel rule. Authors' code: drop a whole instance that overlaps another mask.
+    reject_overlapping_instances: bool = False
+    # LiteMedSAM was trained with boxes: each point also gets a box, side chosen per nucleus
+    # from these candidates (pixels of the encoder input) by the rule in ``box_selection``.
+    box_sizes: tuple[int, ...] = (12, 16, 20, 26, 32, 40)
+    box_selection: Literal["iou", "entropy", "fixed", "none"] = "iou"
+    fixed_box_size: int = 20
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """SAM-Adapter style prompts added before every transformer block (Eq. 1)."""
+
+    enabled: bool = True
+    reduction: int = 32  # hidden width = block width / 32
+    hfc_mask_ratio: float = 0.25  # area share of the zeroed low-frequency square
+
+
+@dataclass(frozen=True)
+class NucleiDecoderConfig:
+    """Prompt-free decoder for the foreground and the two distance maps."""
+
+    use_early_features: bool = True  # HQ-style fusion of an early encoder stage
+    init_from_mask_decoder: bool = True  # start its transformer from SAM's decoder weights
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """Training targets derived from an instance map."""
+
+    # "hovernet": each side of a nucleus scaled to [-1, 1] (HoVer-Net);
+    # "positive_max": divided by the positive maximum only (the authors' code).
+    hv_scaling: Literal["hovernet", "positive_max"] = "hovernet"
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    """HoVer-Net style watershed on (foreground probability, distance maps).
+
+    Defaults follow the authors' code; :meth:`hovernet` gives HoVer-Net's thresholds.
+    """
+
+    fg_threshold: float = 0.7
+    edge_threshold: float = 0.5  # "marker" threshold on the normalised Sobel edge map
+    sobel_ksize: int = 21
+    min_area: int = 20  # objects smaller than this (pixels) are removed
+    min_marker_area: int = 10
+    marker_opening: int = 2  # radius of the disk used to open the marker mask
+    smoothing_sigma: float = 1.0  # Gaussian on the edge-weighted distance before watershed
+
+    @classmethod
+    def hovernet(cls) -> PostprocessConfig:
+        return cls(fg_threshold=0.5, edge_threshold=0.4, min_area=10)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """L = w_prompt * L_S' + w_fg * L_B + w_dist * L_D."""
+
+    w_prompt: float = 1.0
+    w_fg: float = 1.0
+    w_dist: float = 5.0
+    # Paper: L1. Authors' code: SmoothL1.
+    dist_loss: Literal["l1", "smooth_l1"] = "l1"
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """The paper's augmentations, applied to image and labels together."""
+
+    scale_range: tuple[float, float] = (0.8, 1.25)
+    hflip_p: float = 0.5
+    affine_p: float = 0.3
+    rot90_p: float = 0.5
+    crop_size: int | None = None  # None: the backbone's own (224 for SAM ViT, 256 LiteMedSAM)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and schedule."""
+
+    backbone: str = "litemedsam"
+    pseudo: Literal["sam", "cv", "gt"] = "sam"
+    lr: float = 1e-4
+    weight_decay: float = 1e-2  # AdamW's default
+    cosine_t_max: int = 20  # epochs; stepped once per epoch (the authors stepped per iteration)
+    eta_min: float = 1e-7
+    batch_size: int = 4  # paper; the authors' code used 1
+    epochs: int = 100
+    steps_per_epoch: int | None = None  # None: one pass over the training crops
+    val_from_epoch: int = 30
+    val_every: int = 1
+    patience: int | None = None  # epochs without a better val AJI before stopping
+    train_mask_decoder: bool = True  # authors' code; pseudo labels use a frozen copy
+    seed: int = 0
+    num_threads: int | None = None
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """Sliding-window inference."""
+
+    tile_size: int | None = None  # None: the backbone's native input (crop) size
+    overlap: int = 80  # pixels shared by neighbouring tiles
+    batch_size: int = 4
+
+
+@dataclass(frozen=True)
+class InstaSAMConfig:
+    """Everything a run needs, saved beside its checkpoints."""
+
+    pseudo_labels: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    decoder: NucleiDecoderConfig = field(default_factory=NucleiDecoderConfig)
+    targets: TargetConfig = field(default_factory=TargetConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> InstaSAMConfig:
+        """Rebuild from :meth:`to_dict` output; unknown keys are an error, missing keys default."""
+        kwargs = {}
+        for f in fields(cls):
+            if f.name in data:
+                sub_cls = type(f.default_factory())  # type: ignore[misc]
+                kwargs[f.name] = _dataclass_from_dict(sub_cls, data[f.name])
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown configuration sections: {sorted(unknown)}")
+        return cls(**kwargs)
+
+
+def _dataclass_from_dict(cls: type, data: dict[str, Any]) -> Any:
+    names = {f.name for f in fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    return cls(**values)
+
+
+__all__ = [
+    "AdapterConfig",
+    "AugmentConfig",
+    "InstaSAMConfig",
+    "LossConfig",
+    "NucleiDecoderConfig",
+    "PostprocessConfig",
+    "PredictConfig",
+    "PseudoLabelConfig",
+    "TargetConfig",
+    "TrainConfig",
+    "replace",
+]

@@ -1,0 +1,1 @@
+"""Readers and writers: images, instance label maps, datasets, points, QuPath, slides."""

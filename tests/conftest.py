@@ -1,0 +1,37 @@
+"""Shared fixtures. Real data lives outside the repository in ``../shared/data``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("INSTASAM_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"real data not found at {path} (set INSTASAM_SHARED_DATA)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def monuseg_root() -> Path:
+    """``../shared/data/monuseg``: 30 labelled training tiles, the Kumar split, 2018 test set."""
+    return _need(SHARED_DATA / "monuseg")
+
+
+@pytest.fixture(scope="session")
+def tnbc_root() -> Path:
+    return _need(SHARED_DATA / "tnbc")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _few_threads():
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
