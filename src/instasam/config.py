@@ -20,11 +20,25 @@ class PseudoLabelConfig:
     n_negatives: int = 4  # negative points per prompt, drawn from the other points
     # Paper: per-pixel rule. Authors' code: drop a whole instance that overlaps another mask.
     reject_overlapping_instances: bool = False
-    # LiteMedSAM was trained with boxes: each point also gets a box, side chosen per nucleus
-    # from these candidates (pixels of the encoder input) by the rule in ``box_selection``.
-    box_sizes: tuple[int, ...] = (12, 16, 20, 26, 32, 40)
-    box_selection: Literal["iou", "entropy", "fixed", "none"] = "iou"
-    fixed_box_size: int = 20
+    # How each nucleus is prompted. "auto": the backbone's own choice - boxes for
+    # LiteMedSAM (trained with boxes only: adding its untrained point prompts lowered the
+    # mask IoU with ground truth from 0.70 to 0.64, and the 4 negatives to 0.50, measured
+    # on 8 MoNuSeg crops), the point plus negatives for SAM ViT (the paper).
+    prompt: Literal["auto", "box", "points", "box+points"] = "auto"
+    # Box side per nucleus, in pixels of the H&E tile: every candidate is decoded and each
+    # nucleus keeps the one with the highest predicted IoU ("iou"), the lowest mean
+    # entropy ("entropy"), or always ``fixed_box_size`` ("fixed"). On 8 MoNuSeg crops of
+    # 4 organs (nucleus sides 11-39 px) per-nucleus "iou" over these four sizes gave a
+    # mean mask IoU of 0.70, against 0.62 for the best single size used everywhere (32)
+    # and 0.69 for the best size picked per crop with hindsight.
+    box_sizes: tuple[int, ...] = (12, 20, 32, 48)
+    box_selection: Literal["iou", "entropy", "fixed"] = "iou"
+    fixed_box_size: int = 32
+    # Decode each prompt on a window of this many embedding tokens around it (None: the
+    # whole embedding, exactly as SAM). 32 tokens cut the decoder's cost about 4x on
+    # LiteMedSAM's 64-token grid; mask IoU with ground truth from GT boxes 0.758 vs 0.767.
+    decoder_window: int | None = 32
+    tile_overlap: int = 64  # pixels shared by neighbouring windows when labelling a tile
     seed: int = 0
 
 
@@ -68,6 +82,9 @@ class PostprocessConfig:
     min_marker_area: int = 10
     marker_opening: int = 2  # radius of the disk used to open the marker mask
     smoothing_sigma: float = 1.0  # Gaussian on the edge-weighted distance before watershed
+    # A foreground component without a marker: kept as one object (True) or dropped, as
+    # HoVer-Net and the authors' code do (False).
+    keep_unmarked: bool = True
 
     @classmethod
     def hovernet(cls) -> PostprocessConfig:
@@ -115,14 +132,21 @@ class TrainConfig:
     train_mask_decoder: bool = True  # authors' code; pseudo labels use a frozen copy
     seed: int = 0
     num_threads: int | None = None
+    mpp: float | None = 0.25  # microns per pixel of the training images (MoNuSeg, 40x)
+    # Nuclei per crop whose prompt masks enter L_S' (all of them still shape S').
+    max_prompts_per_crop: int = 16
+    # Where the foreground/distance targets come from: "adapted" = S' (the paper, for SAM
+    # pseudo labels); "fixed" = the fixed labels S themselves (used for "cv" and "gt").
+    targets_from: Literal["auto", "adapted", "fixed"] = "auto"
+    val_crop: int | None = 512  # validate on a centred crop of each val tile (None: whole)
+    checkpoint_every: int = 10  # optimiser steps between resumable checkpoints
 
 
 @dataclass(frozen=True)
 class PredictConfig:
     """Sliding-window inference."""
 
-    tile_size: int | None = None  # None: the backbone's native input (crop) size
-    overlap: int = 80  # pixels shared by neighbouring tiles
+    overlap: int = 80  # pixels shared by neighbouring windows (the paper: 80 of 224)
     batch_size: int = 4
 
 

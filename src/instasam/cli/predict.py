@@ -1,9 +1,85 @@
-"""`instasam predict` (not yet implemented)."""
+"""``instasam predict``: instance maps for image files with a trained model."""
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from instasam.errors import InputError
+from instasam.io.images import list_images, read_rgb
+from instasam.io.labels import write_label_map
+from instasam.io.overlays import write_overlay_png
+from instasam.postprocess import instances_from_maps
+from instasam.predict.tiles import load_predictor
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Placeholder until the command lands."""
+    p = subparsers.add_parser(
+        "predict",
+        help="segment nuclei in image files",
+        description="Segment nuclei with a trained model. Writes OUT/<stem>.tif (instance ids, "
+        "0 = background) per image; images that already have an output are skipped (resume).",
+    )
+    p.add_argument("images", nargs="+", type=Path, help="image files or folders of images")
+    p.add_argument("--model", required=True, type=Path, help="RUN/model.pt from instasam train")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--overlay", action="store_true", help="also write OUT/overlays/<stem>.png")
+    p.add_argument("--sam-checkpoint", help="backbone weights, if not the default source")
+    p.add_argument("--overlap", type=int, help="pixels shared by neighbouring windows")
+    p.add_argument("--fg-threshold", type=float, help="foreground probability threshold")
+    p.add_argument("--edge-threshold", type=float, help="watershed edge (marker) threshold")
+    p.add_argument("--min-area", type=int, help="smallest nucleus kept, in pixels")
+    p.add_argument("--overwrite", action="store_true", help="redo images that have an output")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.set_defaults(func=run)
+
+
+def image_files(paths: list[Path]) -> list[Path]:
+    """Expand folders; refuse missing paths and duplicate stems before any work."""
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files += list_images(path)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise InputError(path, "not found")
+    stems = [f.stem for f in files]
+    dup = sorted({s for s in stems if stems.count(s) > 1})
+    if dup:
+        raise InputError(files[stems.index(dup[0])], f"two inputs share the name {dup[0]!r}")
+    if not files:
+        raise InputError(paths[0], "no images found")
+    return files
+
+
+def run(args: argparse.Namespace) -> int:
+    files = image_files(args.images)
+    images = {f: read_rgb(f) for f in files}  # every input is checked before any output
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    predictor = load_predictor(args.model, backbone_checkpoint=args.sam_checkpoint)
+    if not predictor.model.backbone.pretrained:
+        print("warning: this model's backbone has RANDOM weights; its output is not meaningful")
+    if args.overlap is not None:
+        predictor.config = replace(predictor.config, overlap=args.overlap)
+    post = {"fg_threshold": args.fg_threshold, "edge_threshold": args.edge_threshold,
+            "min_area": args.min_area}
+    predictor.postprocess = replace(predictor.postprocess, **{k: v for k, v in post.items() if v is not None})
+    done = 0
+    for path in tqdm(files, desc="images", unit="image"):
+        out = args.out / f"{path.stem}.tif"
+        if out.exists() and not args.overwrite:
+            continue
+        fg, hv = predictor.predict_maps(images[path])
+        labels = instances_from_maps(fg, hv, predictor.postprocess)
+        write_label_map(out, labels)
+        if args.overlay:
+            write_overlay_png(args.out / "overlays" / f"{path.stem}.png", images[path], labels)
+        done += 1
+    print(f"{done} image(s) segmented, {len(files) - done} already done; output in {args.out}")
+    return 0

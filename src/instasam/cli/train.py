@@ -1,9 +1,97 @@
-"""`instasam train` (not yet implemented)."""
+"""``instasam train``: train InstaSAM on a prepared folder (images, points, optional labels)."""
 
 from __future__ import annotations
 
 import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from instasam.config import InstaSAMConfig
+from instasam.errors import InputError
+from instasam.io.folder import list_samples, load_sample
+from instasam.model.instasam import build_model
+from instasam.train import TrainingTile, ValTile, load_fixed_labels, train
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Placeholder until the command lands."""
+    p = subparsers.add_parser(
+        "train",
+        help="train on images + one point per nucleus",
+        description="Train InstaSAM. DATA holds images/, points/ (one CSV or GeoJSON per image) "
+        "and, for --pseudo gt or validation, labels/. The best-validation model is RUN/model.pt.",
+    )
+    p.add_argument("--data", required=True, type=Path, help="prepared training folder")
+    p.add_argument("--out", required=True, type=Path, help="run folder (checkpoints, logs)")
+    p.add_argument("--val", type=Path, help="prepared validation folder with labels/")
+    p.add_argument("--pseudo", choices=("sam", "cv", "gt"), default="sam",
+                   help="where the training labels come from (default: sam)")
+    p.add_argument("--backbone", default="litemedsam", help="backbone name (default: litemedsam)")
+    p.add_argument("--sam-checkpoint", help="weights file for the backbone")
+    p.add_argument("--epochs", type=int, help="epochs (default: the paper's 100)")
+    p.add_argument("--steps-per-epoch", type=int, help="optimiser steps per epoch")
+    p.add_argument("--batch-size", type=int, help="crops per optimiser step (default 4)")
+    p.add_argument("--lr", type=float, help="learning rate (default 1e-4)")
+    p.add_argument("--val-from-epoch", type=int, help="first epoch to validate (default 30)")
+    p.add_argument("--patience", type=int, help="stop after this many epochs without a better val AJI")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--config", type=Path, help="JSON configuration (as written to RUN/config.json)")
+    p.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace) -> InstaSAMConfig:
+    config = InstaSAMConfig()
+    if args.config:
+        try:
+            config = InstaSAMConfig.from_dict(json.loads(args.config.read_text()))
+        except (OSError, ValueError, TypeError) as exc:
+            raise InputError(args.config, f"bad configuration ({exc})") from None
+    overrides = {
+        "backbone": args.backbone,
+        "pseudo": args.pseudo,
+        "epochs": args.epochs,
+        "steps_per_epoch": args.steps_per_epoch,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "val_from_epoch": args.val_from_epoch,
+        "patience": args.patience,
+        "seed": args.seed,
+        "num_threads": args.threads,
+    }
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    return replace(config, train=replace(config.train, **overrides))
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    samples = list_samples(args.data, require_points=True, require_labels=config.train.pseudo == "gt")
+    val_samples = list_samples(args.val, require_labels=True) if args.val else []
+    loaded = [load_sample(s) for s in samples]  # validates every file before any work
+    val_loaded = [load_sample(s) for s in val_samples]
+    if config.train.num_threads:
+        torch.set_num_threads(config.train.num_threads)
+    model = build_model(config, checkpoint=args.sam_checkpoint)
+    counts = model.trainable_parameter_count()
+    print(f"backbone {model.backbone.name} ({'pretrained' if model.backbone.pretrained else 'RANDOM weights'}); "
+          f"trainable parameters: adapters {counts['adapters']:,}, mask decoder "
+          f"{counts['mask_decoder']:,}, nuclei decoder {counts['nuclei_decoder']:,}; "
+          f"frozen {counts['frozen']:,}")
+    cache = args.out / "cache" / f"fixed_{config.train.pseudo}"
+    tiles = []
+    model.eval()
+    for s in tqdm(loaded, desc=f"labels ({config.train.pseudo})", disable=args.quiet):
+        fixed, sides = load_fixed_labels(model, s.stem, s.image, s.points, s.labels, config, cache)
+        tiles.append(TrainingTile(s.stem, s.image, s.points, fixed, sides))
+    val_tiles = [ValTile(s.stem, s.image, s.labels) for s in val_loaded]
+    state = train(tiles, val_tiles, args.out, config, model=model, resume=args.resume,
+                  progress=not args.quiet)
+    best = f"best val AJI {state.best_aji:.4f} at epoch {state.best_epoch}" if val_tiles else "no validation"
+    print(f"done: {state.epoch} epochs, {state.global_step} steps, {state.seconds / 60:.1f} min; "
+          f"{best}; model: {args.out / 'model.pt'}")
+    return 0

@@ -1,0 +1,88 @@
+"""The prompt-free nuclei decoder: foreground and HoVer-style distance maps.
+
+It mirrors SAM's mask decoder (a two-way transformer between learned output tokens and the
+image embedding, then hypernetwork heads on an upscaled embedding) with its own tokens -
+one for the foreground, one per distance map - and no prompts: the dense prompt is SAM's
+``no_mask`` embedding. Features of an early encoder stage are fused into the upscaled
+embedding (the role of HQ-SAM's extra tokens in the authors' model) for sharper borders.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from segment_anything.modeling import MaskDecoder, PromptEncoder
+from segment_anything.modeling.common import LayerNorm2d
+from segment_anything.modeling.mask_decoder import MLP
+from torch import nn
+from torch.nn import functional as F
+
+#: Output channels: foreground logit, horizontal and vertical distance.
+MAP_NAMES = ("foreground", "horizontal", "vertical")
+
+
+class NucleiDecoder(nn.Module):
+    """Predicts ``(B, 3, 4E, 4E)`` maps from an ``(B, 256, E, E)`` embedding.
+
+    Parameters
+    ----------
+    mask_decoder : MaskDecoder
+        SAM's decoder; its transformer and upscaling layers are copied as the starting
+        point when ``init_from_mask_decoder`` (otherwise only their shapes are reused).
+    early_channels : int or None
+        Channels of the early encoder features to fuse (None: no fusion).
+    init_from_mask_decoder : bool
+        Start from SAM's decoder weights rather than from random ones.
+    """
+
+    def __init__(
+        self,
+        mask_decoder: MaskDecoder,
+        early_channels: int | None = None,
+        init_from_mask_decoder: bool = True,
+    ) -> None:
+        super().__init__()
+        dim = mask_decoder.transformer_dim
+        self.transformer = copy.deepcopy(mask_decoder.transformer)
+        self.output_upscaling = copy.deepcopy(mask_decoder.output_upscaling)
+        if not init_from_mask_decoder:
+            for module in (*self.transformer.modules(), *self.output_upscaling.modules()):
+                if hasattr(module, "reset_parameters") and module is not self:
+                    module.reset_parameters()
+        self.output_tokens = nn.Embedding(len(MAP_NAMES), dim)
+        self.heads = nn.ModuleList(MLP(dim, dim, dim // 8, 3) for _ in MAP_NAMES)
+        self.early_fusion = None
+        if early_channels:
+            self.early_fusion = nn.Sequential(
+                nn.Conv2d(early_channels, dim // 8, kernel_size=1),
+                LayerNorm2d(dim // 8),
+                nn.GELU(),
+                nn.Conv2d(dim // 8, dim // 8, kernel_size=3, padding=1),
+            )
+
+    def forward(
+        self,
+        embedding: torch.Tensor,
+        prompt_encoder: PromptEncoder,
+        early: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Return ``(B, 3, 4E, 4E)``: foreground logit, horizontal and vertical distance."""
+        b = embedding.shape[0]
+        dense = prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        src = embedding + dense
+        pos = prompt_encoder.get_dense_pe().expand(b, -1, -1, -1)
+        tokens = self.output_tokens.weight.unsqueeze(0).expand(b, -1, -1)
+        hs, src = self.transformer(src, pos, tokens)
+        _, c, h, w = embedding.shape
+        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+        if self.early_fusion is not None and early is not None:
+            fused = self.early_fusion(early)
+            if fused.shape[-2:] != upscaled.shape[-2:]:
+                fused = F.interpolate(
+                    fused, size=upscaled.shape[-2:], mode="bilinear", align_corners=False
+                )
+            upscaled = upscaled + fused
+        weights = torch.stack([head(hs[:, i]) for i, head in enumerate(self.heads)], dim=1)
+        b, c, h, w = upscaled.shape
+        return (weights @ upscaled.view(b, c, h * w)).view(b, -1, h, w)

@@ -1,0 +1,242 @@
+"""Instances from the nuclei decoder's outputs: marker-controlled watershed (HoVer-Net style).
+
+Input: the foreground probability B' ``(H, W)`` and the distance maps D' ``(2, H, W)``
+(channel 0 horizontal, 1 vertical; see :mod:`instasam.targets`). Output: an ``int32``
+instance map, 0 background, 1..N nuclei. Every number comes from
+:class:`instasam.config.PostprocessConfig`; its defaults are the authors' thresholds and
+:meth:`~instasam.config.PostprocessConfig.hovernet` gives HoVer-Net's.
+
+Steps
+-----
+1. Foreground: ``B' >= fg_threshold``; components smaller than ``min_area`` removed; holes
+   filled.
+2. Edges: each distance map is min-max normalised over the foreground, then
+   differentiated along its own axis with an ``n x n`` Sobel operator (``sobel_ksize``);
+   the derivative is min-max normalised over the foreground and inverted (``1 - d``).
+   Inside a nucleus its map *rises* along the axis, and between two nuclei (and at a rim)
+   it *falls*: the steepest fall gives 1, the steepest rise 0, flat parts lie in between.
+   The edge map is the larger of the two axes' values, 0 off the foreground.
+3. Markers: foreground pixels with edge strength below ``edge_threshold``, holes filled,
+   opened with a disk of radius ``marker_opening``, components of fewer than
+   ``min_marker_area`` pixels dropped, labelled.
+4. Watershed (``skimage.segmentation.watershed``) from the markers, inside the foreground,
+   on the edge-weighted distance ``-(1 - edge)`` smoothed by a Gaussian of
+   ``smoothing_sigma``; a foreground component that holds no marker becomes one object
+   when ``keep_unmarked`` (HoVer-Net and the authors drop it).
+5. Objects smaller than ``min_area`` removed; ids relabelled 1..N in raster order.
+
+Choices, with their reasons
+---------------------------
+* Signed derivative, as HoVer-Net: "edge" means "the map does not rise as it does inside a
+  nucleus", so flat and falling parts both count, and a marker keeps only the core of each
+  nucleus. Rescaling only the falling part (0 = flat) or the gradient magnitude left
+  markers that bridge touching nuclei: on ground-truth maps of the 14 Kumar test tiles the
+  mean AJI dropped from 0.986 to 0.871 (authors' thresholds; 0.995 -> 0.920 with
+  HoVer-Net's).
+* Both min-max normalisations use the foreground pixels only, where HoVer-Net uses the
+  whole tile: what the network predicts on the background then cannot move the thresholds
+  (ground-truth maps: AJI 0.986 vs 0.984 over the tile, authors' thresholds). The first one
+  only rescales the map (the Sobel operator is linear and blind to offsets); it is kept
+  so that the steps read as in HoVer-Net. A map or derivative that is constant over the
+  foreground yields no edges instead of a division by zero, and an empty foreground returns
+  zeros at once.
+* ``keep_unmarked`` (default True): a foreground component whose markers were all removed
+  by the opening or the size filter is one object rather than lost.
+* Components use 8-connectivity (``skimage.measure.label``'s default, as the authors' code);
+  holes are background regions not 4-connected to the tile border.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+from scipy import ndimage
+from skimage.morphology import disk
+from skimage.segmentation import watershed
+
+from instasam.config import PostprocessConfig
+
+_FULL = np.ones((3, 3), dtype=bool)  # 8-connectivity for component labelling
+
+
+@lru_cache(maxsize=16)
+def sobel_kernels(ksize: int) -> tuple[np.ndarray, np.ndarray]:
+    """The separable factors of the ``ksize x ksize`` Sobel operator.
+
+    Returns
+    -------
+    smoothing, derivative : numpy.ndarray
+        ``float64`` of length ``ksize``. ``smoothing`` holds the binomial coefficients of
+        order ``ksize - 1`` (``[1, 2, 1]`` for 3); ``derivative`` is the binomial of order
+        ``ksize - 3`` convolved with ``[-1, 0, 1]`` (``[-1, 0, 1]`` for 3). The 2-D operator
+        for d/dx is ``np.outer(smoothing, derivative)``; applied by correlation it is
+        positive where the image increases along the axis.
+    """
+    if ksize < 3 or ksize % 2 == 0:
+        raise ValueError(f"Sobel kernel size must be odd and >= 3, got {ksize}")
+    smoothing = _binomial(ksize - 1)
+    derivative = np.convolve(_binomial(ksize - 3), [-1.0, 0.0, 1.0])
+    smoothing.flags.writeable = False
+    derivative.flags.writeable = False
+    return smoothing, derivative
+
+
+def _binomial(order: int) -> np.ndarray:
+    row = np.ones(1)
+    for _ in range(order):
+        row = np.convolve(row, [1.0, 1.0])
+    return row
+
+
+def sobel(image: np.ndarray, axis: int, ksize: int) -> np.ndarray:
+    """Derivative of ``image`` along ``axis`` (1: x / columns, 0: y / rows), ``float64``.
+
+    Separable ``ksize x ksize`` Sobel operator, mirrored borders (OpenCV's default,
+    ``BORDER_REFLECT_101``), not normalised.
+    """
+    smoothing, derivative = sobel_kernels(ksize)
+    image = np.asarray(image, dtype=np.float64)
+    across = 1 - axis
+    smoothed = ndimage.correlate1d(image, smoothing, axis=across, mode="mirror")
+    return ndimage.correlate1d(smoothed, derivative, axis=axis, mode="mirror")
+
+
+def edge_map(hv: np.ndarray, foreground: np.ndarray, ksize: int) -> np.ndarray:
+    """Edge strength in [0, 1] on the foreground (0 elsewhere), ``float64 (H, W)``.
+
+    For each axis: the distance map, min-max normalised over the foreground, differentiated
+    along the axis (:func:`sobel`); the derivative is min-max normalised over the foreground
+    and inverted, so the steepest *fall* gives 1 and the steepest *rise* 0. The edge map is
+    the larger of the two axes' values. An axis whose map or derivative is constant over the
+    foreground contributes no edges.
+    """
+    foreground = np.asarray(foreground, dtype=bool)
+    edges = np.zeros(foreground.shape)
+    if not foreground.any():
+        return edges
+    for axis, channel in ((1, 0), (0, 1)):
+        values = np.asarray(hv[channel], dtype=np.float64)
+        unit = _minmax_on(values, foreground)
+        if unit is None:
+            continue  # flat map: no boundary information along this axis
+        rise = _minmax_on(sobel(unit, axis=axis, ksize=ksize), foreground)
+        if rise is not None:
+            np.maximum(edges, 1.0 - np.clip(rise, 0.0, 1.0), out=edges)
+    edges[~foreground] = 0.0
+    return edges
+
+
+def _minmax_on(values: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
+    """``values`` mapped so that their range over ``mask`` is [0, 1]; None if constant there."""
+    low, high = values[mask].min(), values[mask].max()
+    if not high > low:
+        return None
+    return (values - low) / (high - low)
+
+
+def instances_from_maps(
+    fg_prob: np.ndarray,
+    hv: np.ndarray,
+    config: PostprocessConfig = PostprocessConfig(),  # noqa: B008 (frozen dataclass)
+) -> np.ndarray:
+    """Instance map from the foreground probability and the distance maps.
+
+    Parameters
+    ----------
+    fg_prob
+        Foreground probability ``(H, W)``, values in [0, 1].
+    hv
+        Distance maps ``(2, H, W)``: channel 0 horizontal (x), channel 1 vertical (y).
+    config
+        Thresholds and sizes; the default follows the authors' code,
+        ``PostprocessConfig.hovernet()`` HoVer-Net.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``int32 (H, W)``: 0 background, nuclei numbered 1..N.
+    """
+    fg_prob, hv = _checked_inputs(fg_prob, hv)
+    foreground = _foreground_mask(fg_prob, config)
+    if not foreground.any():
+        return np.zeros(fg_prob.shape, dtype=np.int32)
+    edges = edge_map(hv, foreground, config.sobel_ksize)
+    markers = _markers(foreground, edges, config)
+    # Low inside nuclei, high on their edges: the watershed's basins are the nuclei.
+    relief = (1.0 - edges) * foreground
+    if config.smoothing_sigma > 0:
+        relief = ndimage.gaussian_filter(relief, config.smoothing_sigma, truncate=2.0)
+    instances = watershed(-relief, markers=markers, mask=foreground)
+    if config.keep_unmarked:
+        instances = _add_unmarked_components(instances, foreground)
+    return _relabelled(_without_small_objects(instances, config.min_area))
+
+
+def _checked_inputs(fg_prob: np.ndarray, hv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    fg_prob = np.asarray(fg_prob, dtype=np.float32)
+    hv = np.asarray(hv, dtype=np.float32)
+    if fg_prob.ndim != 2:
+        raise ValueError(f"foreground map must be (H, W), got shape {fg_prob.shape}")
+    if hv.shape != (2, *fg_prob.shape):
+        raise ValueError(f"distance maps must be (2, H, W) = {(2, *fg_prob.shape)}, got {hv.shape}")
+    if not (np.isfinite(fg_prob).all() and np.isfinite(hv).all()):
+        raise ValueError("foreground or distance maps hold NaN or infinite values")
+    return fg_prob, hv
+
+
+def _foreground_mask(fg_prob: np.ndarray, config: PostprocessConfig) -> np.ndarray:
+    components, _ = ndimage.label(fg_prob >= config.fg_threshold, structure=_FULL)
+    kept = _without_small_objects(components, config.min_area) > 0
+    return _filled(kept)
+
+
+def _markers(foreground: np.ndarray, edges: np.ndarray, config: PostprocessConfig) -> np.ndarray:
+    marker_mask = _filled(foreground & (edges < config.edge_threshold))
+    if config.marker_opening > 0:
+        marker_mask = ndimage.binary_opening(marker_mask, structure=disk(config.marker_opening))
+    markers, _ = ndimage.label(marker_mask, structure=_FULL)
+    return _without_small_objects(markers, config.min_marker_area)
+
+
+def _filled(mask: np.ndarray) -> np.ndarray:
+    """``mask`` with its holes filled: background not 4-connected to the tile border."""
+    background, _ = ndimage.label(~mask)
+    border_ids = np.unique(
+        np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])
+    )
+    outside = np.isin(background, border_ids[border_ids > 0])
+    return ~outside
+
+
+def _without_small_objects(labels: np.ndarray, min_area: int) -> np.ndarray:
+    """``labels`` with the objects of fewer than ``min_area`` pixels set to 0."""
+    if min_area <= 1 or not labels.any():
+        return labels
+    sizes = np.bincount(labels.ravel())
+    too_small = sizes < min_area
+    too_small[0] = False
+    return np.where(too_small[labels], 0, labels)
+
+
+def _add_unmarked_components(instances: np.ndarray, foreground: np.ndarray) -> np.ndarray:
+    """Give each foreground component that the watershed left unlabelled an id of its own."""
+    unreached = foreground & (instances == 0)
+    if not unreached.any():
+        return instances
+    components, _ = ndimage.label(unreached, structure=_FULL)
+    offset = int(instances.max())
+    return np.where(components > 0, components + offset, instances)
+
+
+def _relabelled(labels: np.ndarray) -> np.ndarray:
+    """Ids 1..N in order of first appearance in raster order, ``int32``."""
+    flat = labels.ravel()
+    ids, first = np.unique(flat, return_index=True)
+    first, ids = first[ids > 0], ids[ids > 0]
+    lookup = np.zeros(int(flat.max()) + 1 if flat.size else 1, dtype=np.int32)
+    lookup[ids[np.argsort(first)]] = np.arange(1, ids.size + 1, dtype=np.int32)
+    return lookup[labels]
+
+
+__all__ = ["edge_map", "instances_from_maps", "sobel", "sobel_kernels"]

@@ -1,0 +1,426 @@
+"""Training: pseudo labels once, then adapters and decoders on augmented crops.
+
+The fixed labels S of each tile (SAM's vanilla pseudo labels, cluster+Voronoi labels, or
+the ground truth) are computed once and cached beside the run, since the frozen encoder
+and decoder that make them never change. Each step then draws augmented crops; per crop
+the adapted encoder feeds (a) the trained mask decoder, prompted with the crop's points,
+whose masks learn S (L_S') and whose rule-filtered output S' gives the targets, and
+(b) the nuclei decoder, which learns the foreground (L_B) and distance maps (L_D).
+Crops are processed one at a time and their gradients accumulated to the batch size: on
+a CPU that is as fast as a stacked batch and needs a quarter of the memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from instasam import IGNORE
+from instasam.augment import apply_to_image, apply_to_labels, points_in_crop, random_transform
+from instasam.config import InstaSAMConfig
+from instasam.io.atomic import write_text_atomic
+from instasam.io.labels import read_label_map, write_label_map
+from instasam.losses import mask_loss, masked_distance_loss, total_loss
+from instasam.metrics import compute_metrics, mean_metrics
+from instasam.model.instasam import (
+    InstaSAM,
+    build_model,
+    image_to_tensor,
+    read_checkpoint,
+    save_checkpoint,
+)
+from instasam.predict.tiles import predict_instances
+from instasam.pseudo_labels.sam import (
+    prompt_logits,
+    tile_pseudo_labels,
+    window_labels,
+)
+from instasam.targets import hv_maps
+
+LAST = "last.pt"
+BEST = "model.pt"
+
+
+@dataclass
+class TrainingTile:
+    """One training image with its points and fixed labels S."""
+
+    stem: str
+    image: np.ndarray
+    points: np.ndarray
+    fixed: np.ndarray  # S: IGNORE / 0 / k = nucleus of points[k - 1]
+    box_sides: np.ndarray  # (N,) box side per point chosen when S was made (NaN: none)
+
+
+@dataclass
+class ValTile:
+    stem: str
+    image: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass
+class Crop:
+    """An augmented crop: image, S resampled, and the points inside with their ids."""
+
+    image: np.ndarray
+    fixed: np.ndarray
+    points: np.ndarray
+    ids: np.ndarray
+    box_sides: np.ndarray
+
+
+# -- fixed labels --------------------------------------------------------------------------
+def fixed_labels_key(config: InstaSAMConfig, points: np.ndarray, image: np.ndarray) -> str:
+    """A digest of everything the fixed labels depend on (cache key)."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps(
+        {"pseudo": config.train.pseudo, "backbone": config.train.backbone,
+         "crop": config.augment.crop_size, "rule": config.pseudo_labels.__dict__},
+        sort_keys=True, default=str).encode())
+    digest.update(np.ascontiguousarray(points, dtype=np.float64).tobytes())
+    digest.update(np.ascontiguousarray(image[::7, ::7]).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def make_fixed_labels(
+    model: InstaSAM,
+    image: np.ndarray,
+    points: np.ndarray,
+    gt: np.ndarray | None,
+    config: InstaSAMConfig,
+) -> tuple[np.ndarray, np.ndarray]:
+    """S for one tile and the box side chosen per point (NaN where not applicable)."""
+    source = config.train.pseudo
+    nan_sides = np.full(len(points), np.nan)
+    if source == "sam":
+        labels, sides = tile_pseudo_labels(model, image, points, config.pseudo_labels)
+        return labels, sides
+    if source == "gt":
+        if gt is None:
+            raise ValueError("--pseudo gt needs label maps in DATA/labels")
+        return relabel_by_points(gt, points), nan_sides
+    if source == "cv":
+        from instasam.pseudo_labels.voronoi import cluster_voronoi_labels
+
+        return cluster_voronoi_labels(image, points), nan_sides
+    raise ValueError(f"unknown pseudo-label source {source!r}")
+
+
+def relabel_by_points(gt: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Ground truth with ids renumbered to match the points (k = points[k-1]'s nucleus).
+
+    Nuclei that no point falls in are ignored rather than called background: a missing
+    point says nothing about the pixels.
+    """
+    h, w = gt.shape
+    rows = np.clip(np.round(points[:, 1]).astype(int), 0, h - 1)
+    cols = np.clip(np.round(points[:, 0]).astype(int), 0, w - 1)
+    lookup = np.full(int(gt.max()) + 1, IGNORE, dtype=np.int32)
+    lookup[0] = 0
+    hit = gt[rows, cols]
+    lookup[hit[hit > 0]] = np.nonzero(hit > 0)[0].astype(np.int32) + 1
+    return lookup[gt]
+
+
+def load_fixed_labels(
+    model: InstaSAM,
+    stem: str,
+    image: np.ndarray,
+    points: np.ndarray,
+    gt: np.ndarray | None,
+    config: InstaSAMConfig,
+    cache_dir: Path | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """S from the cache when its key matches, else computed and cached."""
+    key = fixed_labels_key(config, points, image)
+    if cache_dir is not None:
+        labels_path = cache_dir / f"{stem}.{key}.tif"
+        sides_path = cache_dir / f"{stem}.{key}.sides.npy"
+        if labels_path.is_file() and sides_path.is_file():
+            return read_label_map_signed(labels_path), np.load(sides_path)
+    labels, sides = make_fixed_labels(model, image, points, gt, config)
+    if cache_dir is not None:
+        write_label_map_signed(labels_path, labels)
+        np.save(sides_path, sides)
+    return labels, sides
+
+
+def write_label_map_signed(path: Path, labels: np.ndarray) -> None:
+    """Label maps with IGNORE are stored shifted by one (IGNORE -> 0)."""
+    write_label_map(path, labels.astype(np.int64) + 1)
+
+
+def read_label_map_signed(path: Path) -> np.ndarray:
+    return read_label_map(path) - 1
+
+
+# -- crops and losses ----------------------------------------------------------------------
+def sample_crop(tile: TrainingTile, size: int, config: InstaSAMConfig, rng: np.random.Generator) -> Crop:
+    """One augmented crop of ``tile`` (image, S, points)."""
+    transform = random_transform(tile.fixed.shape, size, config.augment, rng)
+    points, index = points_in_crop(tile.points, transform)
+    zoom = 1.0 / math.sqrt(abs(np.linalg.det(transform.matrix[:, :2])))
+    return Crop(
+        image=apply_to_image(tile.image, transform),
+        fixed=apply_to_labels(tile.fixed, transform, fill=IGNORE),
+        points=points,
+        ids=index + 1,
+        box_sides=tile.box_sides[index] * zoom,
+    )
+
+
+def targets_from_adapted(config: InstaSAMConfig) -> bool:
+    choice = config.train.targets_from
+    return config.train.pseudo == "sam" if choice == "auto" else choice == "adapted"
+
+
+def crop_losses(
+    model: InstaSAM, crop: Crop, config: InstaSAMConfig, rng: np.random.Generator
+) -> dict[str, torch.Tensor]:
+    """The loss parts for one crop (``prompt``, ``fg``, ``dist``)."""
+    encoded = model.encode(image_to_tensor(crop.image), adapt=True)
+    maps = model.to_crop(model.nuclei_maps(encoded))[0]
+    fixed = torch.from_numpy(crop.fixed).long()
+    points = torch.from_numpy(crop.points).float()
+    sides = torch.from_numpy(crop.box_sides).float()
+    ids = torch.from_numpy(crop.ids).long()
+    parts: dict[str, torch.Tensor] = {}
+    if len(points) and config.loss.w_prompt > 0:
+        k = min(len(points), config.train.max_prompts_per_crop)
+        chosen = torch.from_numpy(rng.choice(len(points), size=k, replace=False))
+        logits, _ = prompt_logits(
+            model, encoded.embedding, points[chosen], config.pseudo_labels, frozen=False,
+            box_sides=sides[chosen],
+        )
+        logits = model.to_crop(logits[:, None])[:, 0]
+        target = (fixed[None] == ids[chosen, None, None]).float()
+        weight = (fixed != IGNORE).float()[None].expand_as(target)
+        parts["prompt"] = mask_loss(logits, target, weight)
+    target_map = fixed
+    if targets_from_adapted(config) and len(points):
+        with torch.no_grad():
+            logits, _ = prompt_logits(
+                model, encoded.embedding, points, config.pseudo_labels, frozen=False,
+                box_sides=sides,
+            )
+            probs = torch.sigmoid(model.to_crop(logits[:, None])[:, 0])
+            target_map = window_labels(probs, ids, config.pseudo_labels)
+            target_map[fixed == IGNORE] = IGNORE  # outside the tile: unknown
+    target_np = target_map.numpy().astype(np.int32)
+    weight = torch.from_numpy((target_np != IGNORE).astype(np.float32))
+    fg = torch.from_numpy((target_np > 0).astype(np.float32))
+    hv = torch.from_numpy(hv_maps(target_np, scaling=config.targets.hv_scaling))
+    parts["fg"] = mask_loss(maps[:1], fg[None], weight[None])
+    parts["dist"] = masked_distance_loss(maps[1:], hv, weight[None], kind=config.loss.dist_loss)
+    return parts
+
+
+# -- validation ----------------------------------------------------------------------------
+def centre_crop(array: np.ndarray, size: int | None) -> np.ndarray:
+    if size is None:
+        return array
+    h, w = array.shape[:2]
+    y, x = max(0, (h - size) // 2), max(0, (w - size) // 2)
+    return array[y : y + size, x : x + size]
+
+
+def validate(model: InstaSAM, tiles: list[ValTile], config: InstaSAMConfig) -> dict[str, float]:
+    """Mean metrics of the current model on the validation tiles (centre crops)."""
+    model.eval()
+    results = []
+    for tile in tiles:
+        image = centre_crop(tile.image, config.train.val_crop)
+        pred = predict_instances(model, image, config.predict, config.postprocess)
+        results.append(compute_metrics(centre_crop(tile.labels, config.train.val_crop), pred))
+    model.train()
+    return mean_metrics(results)
+
+
+# -- the loop ------------------------------------------------------------------------------
+def trainable_parameters(model: InstaSAM) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def make_optimiser(model: InstaSAM, config: InstaSAMConfig):
+    optimiser = torch.optim.AdamW(
+        trainable_parameters(model), lr=config.train.lr, weight_decay=config.train.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimiser, T_max=config.train.cosine_t_max, eta_min=config.train.eta_min
+    )
+    return optimiser, scheduler
+
+
+def default_steps_per_epoch(tiles: list[TrainingTile], crop: int, batch: int) -> int:
+    """Enough crops to cover the training tiles' area once."""
+    area = sum(t.image.shape[0] * t.image.shape[1] for t in tiles)
+    return max(1, math.ceil(area / (crop * crop) / batch))
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # epochs completed
+    step_in_epoch: int = 0  # optimiser steps completed in the current epoch
+    global_step: int = 0
+    best_aji: float = -1.0
+    best_epoch: int = -1
+    epochs_without_improvement: int = 0
+    seconds: float = 0.0
+
+
+def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
+    return {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()}
+
+
+def _restore_rng(rng: np.random.Generator, state: dict[str, Any]) -> None:
+    rng.bit_generator.state = state["numpy"]
+    torch.set_rng_state(state["torch"])
+
+
+def _save_last(run: Path, model, optimiser, scheduler, state: TrainState, rng, epoch_sums) -> None:
+    save_checkpoint(
+        run / LAST,
+        model,
+        optimiser=optimiser.state_dict(),
+        scheduler=scheduler.state_dict(),
+        train_state=state.__dict__,
+        rng=_rng_state(rng),
+        epoch_sums=epoch_sums,
+    )
+
+
+def _append_log(run: Path, record: dict[str, Any]) -> None:
+    with open(run / "metrics.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def train(
+    tiles: list[TrainingTile],
+    val_tiles: list[ValTile],
+    run_dir: str | os.PathLike,
+    config: InstaSAMConfig,
+    model: InstaSAM | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    on_step: Callable[[TrainState, dict[str, float]], None] | None = None,
+) -> TrainState:
+    """Train on ``tiles``; keep the best-validation checkpoint as ``RUN/model.pt``.
+
+    Parameters
+    ----------
+    tiles : list of TrainingTile
+        Training images with points and fixed labels (see :func:`load_fixed_labels`).
+    val_tiles : list of ValTile
+        Labelled validation images; without them the last epoch is kept as the model.
+    run_dir : path
+        Output folder: ``last.pt`` (resumable), ``model.pt`` (best), ``metrics.jsonl``,
+        ``config.json``.
+    config : InstaSAMConfig
+        All settings.
+    model : InstaSAM, optional
+        A prebuilt model (e.g. the one that made the fixed labels).
+    resume : bool
+        Continue from ``RUN/last.pt`` (same config required).
+    on_step : callable, optional
+        Called after every optimiser step with the state and the step's losses.
+    """
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    tc = config.train
+    torch.manual_seed(tc.seed)
+    rng = np.random.default_rng(tc.seed)
+    model = model or build_model(config)
+    model.train()
+    optimiser, scheduler = make_optimiser(model, config)
+    state = TrainState()
+    epoch_sums: dict[str, float] = {}
+    if resume and (run / LAST).is_file():
+        payload = read_checkpoint(run / LAST)
+        if payload["config"] != config.to_dict():
+            raise ValueError(f"{run / LAST}: saved with a different configuration; use a new --out")
+        model.load_state_dict(payload["state"], strict=False)
+        optimiser.load_state_dict(payload["optimizer"])
+        scheduler.load_state_dict(payload["scheduler"])
+        state = TrainState(**payload["train_state"])
+        _restore_rng(rng, payload["rng"])
+        epoch_sums = payload.get("epoch_sums", {})
+    write_text_atomic(run / "config.json", json.dumps(config.to_dict(), indent=2))
+    crop = model.crop_size
+    steps = tc.steps_per_epoch or default_steps_per_epoch(tiles, crop, tc.batch_size)
+    weights = np.array([t.image.shape[0] * t.image.shape[1] for t in tiles], dtype=np.float64)
+    weights /= weights.sum()
+    while state.epoch < tc.epochs:
+        started = time.perf_counter()
+        bar = tqdm(
+            total=steps, initial=state.step_in_epoch, desc=f"epoch {state.epoch + 1}/{tc.epochs}",
+            disable=not progress, unit="step",
+        )
+        while state.step_in_epoch < steps:
+            optimiser.zero_grad(set_to_none=True)
+            losses: dict[str, float] = {}
+            for _ in range(tc.batch_size):
+                tile = tiles[rng.choice(len(tiles), p=weights)]
+                parts = crop_losses(model, sample_crop(tile, crop, config, rng), config, rng)
+                loss = total_loss(parts, config.loss) / tc.batch_size
+                loss.backward()
+                for name, value in {"loss": loss * tc.batch_size, **parts}.items():
+                    losses[name] = losses.get(name, 0.0) + float(value) / tc.batch_size
+            optimiser.step()
+            state.step_in_epoch += 1
+            state.global_step += 1
+            for name, value in losses.items():
+                epoch_sums[name] = epoch_sums.get(name, 0.0) + value
+            bar.set_postfix(loss=f"{losses['loss']:.3f}")
+            bar.update()
+            if on_step is not None:
+                on_step(state, losses)
+            if state.step_in_epoch % tc.checkpoint_every == 0 and state.step_in_epoch < steps:
+                state.seconds += time.perf_counter() - started
+                started = time.perf_counter()
+                _save_last(run, model, optimiser, scheduler, state, rng, epoch_sums)
+        bar.close()
+        scheduler.step()
+        state.epoch += 1
+        record = {
+            "epoch": state.epoch,
+            "step": state.global_step,
+            "lr": optimiser.param_groups[0]["lr"],
+            **{name: total / steps for name, total in epoch_sums.items()},
+        }
+        epoch_sums = {}
+        state.step_in_epoch = 0
+        improved = False
+        if val_tiles and state.epoch >= tc.val_from_epoch and state.epoch % tc.val_every == 0:
+            val = validate(model, val_tiles, config)
+            record["val"] = val
+            if val["aji"] > state.best_aji:
+                state.best_aji, state.best_epoch = val["aji"], state.epoch
+                state.epochs_without_improvement = 0
+                improved = True
+            else:
+                state.epochs_without_improvement += 1
+        elif not val_tiles:
+            improved = True  # no validation data: the latest model is the model
+        state.seconds += time.perf_counter() - started
+        record["seconds"] = round(state.seconds, 1)
+        if improved:
+            save_checkpoint(run / BEST, model, epoch=state.epoch, val=record.get("val"))
+        _save_last(run, model, optimiser, scheduler, state, rng, epoch_sums)
+        _append_log(run, record)
+        if tc.patience is not None and state.epochs_without_improvement >= tc.patience:
+            break
+    if not (run / BEST).is_file():
+        save_checkpoint(run / BEST, model, epoch=state.epoch)
+    return state

@@ -1,0 +1,208 @@
+"""Marker-controlled watershed on (foreground, distance maps): synthetic shapes and one tile."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy.special import comb
+
+from instasam.config import PostprocessConfig, replace
+from instasam.postprocess import edge_map, instances_from_maps, sobel, sobel_kernels
+from instasam.targets import foreground_map, hv_maps
+
+
+def _disk(shape, centre, radius) -> np.ndarray:
+    rr, cc = np.mgrid[: shape[0], : shape[1]]
+    return (rr - centre[0]) ** 2 + (cc - centre[1]) ** 2 <= radius**2
+
+
+def _touching_disks(shape=(64, 72), centres=((32, 26), (32, 44)), radius=11) -> np.ndarray:
+    """Two overlapping disks, each shared pixel given to the nearer centre."""
+    rr, cc = np.mgrid[: shape[0], : shape[1]]
+    dist = np.stack([np.hypot(rr - r, cc - c) for r, c in centres])
+    labels = np.where(dist.min(axis=0) <= radius, dist.argmin(axis=0) + 1, 0)
+    return labels.astype(np.int32)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return np.logical_and(a, b).sum() / np.logical_or(a, b).sum()
+
+
+def _best_iou(pred: np.ndarray, target: np.ndarray) -> float:
+    return max(_iou(pred == k, target) for k in range(1, pred.max() + 1))
+
+
+# --- Sobel kernels ---------------------------------------------------------------------
+
+
+def test_sobel_3_is_the_classic_operator():
+    smoothing, derivative = sobel_kernels(3)
+    np.testing.assert_array_equal(
+        np.outer(smoothing, derivative), [[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]]
+    )
+
+
+def test_sobel_5_factors():
+    smoothing, derivative = sobel_kernels(5)
+    np.testing.assert_array_equal(smoothing, [1, 4, 6, 4, 1])
+    np.testing.assert_array_equal(derivative, [-1, -2, 0, 2, 1])
+
+
+@pytest.mark.parametrize("ksize", [5, 7, 21, 31])
+def test_large_sobel_is_binomial_and_antisymmetric(ksize):
+    smoothing, derivative = sobel_kernels(ksize)
+    assert smoothing.shape == derivative.shape == (ksize,)
+    np.testing.assert_array_equal(smoothing, comb(ksize - 1, np.arange(ksize), exact=False))
+    np.testing.assert_array_equal(derivative, -derivative[::-1])
+    assert derivative[ksize // 2] == 0 and derivative.sum() == 0
+    assert np.all(derivative[ksize // 2 + 1 :] > 0)  # positive response to a rising ramp
+    np.testing.assert_array_equal(
+        derivative, np.convolve(comb(ksize - 3, np.arange(ksize - 2)), [-1, 0, 1])
+    )
+
+
+@pytest.mark.parametrize("ksize", [1, 2, 4, 20])
+def test_even_or_tiny_sobel_size_is_refused(ksize):
+    with pytest.raises(ValueError):
+        sobel_kernels(ksize)
+
+
+def test_sobel_follows_its_axis():
+    ramp = np.tile(np.arange(30, dtype=float), (20, 1))  # rises along x
+    dx, dy = sobel(ramp, axis=1, ksize=5), sobel(ramp, axis=0, ksize=5)
+    interior = (slice(3, -3), slice(3, -3))
+    assert np.all(dx[interior] > 0) and np.allclose(dx[interior], dx[10, 10])
+    assert np.allclose(dy, 0)
+    np.testing.assert_allclose(sobel(ramp.T, axis=0, ksize=5), dx.T)
+
+
+# --- instances_from_maps ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scaling", ["hovernet", "positive_max"])
+@pytest.mark.parametrize("config", [PostprocessConfig(), PostprocessConfig.hovernet()])
+def test_two_touching_disks_are_split(scaling, config):
+    labels = _touching_disks()
+    pred = instances_from_maps(foreground_map(labels), hv_maps(labels, scaling), config)
+    assert pred.dtype == np.int32 and pred.shape == labels.shape
+    assert pred.max() == 2 and set(np.unique(pred)) == {0, 1, 2}
+    for k in (1, 2):
+        assert _best_iou(pred, labels == k) > 0.8
+
+
+def test_vertically_touching_disks_are_split():
+    labels = _touching_disks(shape=(72, 64), centres=((26, 32), (44, 32)))
+    pred = instances_from_maps(foreground_map(labels), hv_maps(labels))
+    assert pred.max() == 2
+    for k in (1, 2):
+        assert _best_iou(pred, labels == k) > 0.8
+
+
+def test_foreground_without_distance_signal_is_one_object():
+    labels = _touching_disks()
+    fg = foreground_map(labels)
+    pred = instances_from_maps(fg, np.zeros((2, *fg.shape), np.float32))
+    assert pred.max() == 1
+    np.testing.assert_array_equal(pred > 0, fg > 0)
+
+
+@pytest.mark.parametrize("fill", [0.0, 0.3])
+def test_empty_foreground_gives_zeros(fill):
+    fg = np.full((40, 50), fill, dtype=np.float32)
+    pred = instances_from_maps(fg, np.random.default_rng(0).normal(size=(2, 40, 50)))
+    assert pred.dtype == np.int32 and pred.shape == (40, 50) and not pred.any()
+    assert not edge_map(np.zeros((2, 40, 50)), fg > 0.5, 21).any()
+
+
+def test_min_area_removes_specks():
+    labels = np.zeros((60, 60), dtype=np.int32)
+    labels[_disk(labels.shape, (30, 30), 8)] = 1
+    labels[2:5, 2:6] = 2  # 12 pixels
+    labels[50:54, 50:54] = 3  # 16 pixels
+    fg, hv = foreground_map(labels), hv_maps(labels)
+    pred = instances_from_maps(fg, hv, PostprocessConfig(min_area=20))
+    assert pred.max() == 1 and _best_iou(pred, labels == 1) > 0.95
+    pred = instances_from_maps(fg, hv, PostprocessConfig(min_area=14, min_marker_area=1))
+    assert pred.max() == 2 and not pred[2:5, 2:6].any() and pred[50:54, 50:54].all()
+
+
+def test_holes_in_the_foreground_are_filled():
+    labels = np.zeros((50, 50), dtype=np.int32)
+    labels[_disk(labels.shape, (25, 25), 10)] = 1
+    fg = foreground_map(labels)
+    fg[24:27, 24:27] = 0
+    pred = instances_from_maps(fg, hv_maps(labels))
+    assert pred.max() == 1 and pred[25, 25] == 1
+
+
+def test_hovernet_preset_uses_its_thresholds():
+    default, hovernet = PostprocessConfig(), PostprocessConfig.hovernet()
+    assert (default.fg_threshold, default.edge_threshold, default.sobel_ksize) == (0.7, 0.5, 21)
+    assert (hovernet.fg_threshold, hovernet.edge_threshold, hovernet.min_area) == (0.5, 0.4, 10)
+    labels = np.zeros((60, 60), dtype=np.int32)
+    labels[_disk(labels.shape, (20, 20), 8)] = 1
+    labels[45:49, 45:49] = 2  # 16 pixels: below the authors' min_area 20, above HoVer-Net's 10
+    fg, hv = foreground_map(labels), hv_maps(labels)
+    assert instances_from_maps(fg, hv, default).max() == 1
+    assert instances_from_maps(fg, hv, hovernet).max() == 2
+    # A probability of 0.6 is foreground for HoVer-Net (0.5), not for the authors (0.7).
+    soft = fg * 0.6
+    assert not instances_from_maps(soft, hv, default).any()
+    assert instances_from_maps(soft, hv, hovernet).max() == 2
+
+
+def test_edge_threshold_moves_the_markers():
+    labels = _touching_disks()
+    fg, hv = foreground_map(labels), hv_maps(labels)
+    edges = edge_map(hv, fg > 0, 21)
+    assert edges.min() >= 0 and edges.max() == pytest.approx(1) and not edges[fg == 0].any()
+    # The boundary between the disks is an edge, each centre is not.
+    assert edges[32, 35] > 0.5 and edges[32, 26] < 0.4 and edges[32, 44] < 0.4
+    # Everything is "edge" at threshold 0: no markers, one object per component.
+    config = replace(PostprocessConfig(), edge_threshold=0.0)
+    assert instances_from_maps(fg, hv, config).max() == 1
+    assert not instances_from_maps(fg, hv, replace(config, keep_unmarked=False)).any()
+
+
+def test_component_without_marker_is_kept_or_dropped():
+    labels = np.zeros((40, 60), dtype=np.int32)
+    labels[10:13, 10:50] = 1  # 3 px wide: the disk-2 opening removes its marker
+    fg, hv = foreground_map(labels), np.zeros((2, 40, 60), np.float32)
+    kept = instances_from_maps(fg, hv)
+    assert kept.max() == 1 and (kept > 0).sum() == 120
+    assert not instances_from_maps(fg, hv, PostprocessConfig(keep_unmarked=False)).any()
+
+
+def test_ids_are_consecutive_from_one():
+    labels = np.zeros((80, 80), dtype=np.int32)
+    for k, (r, c) in enumerate([(15, 15), (15, 60), (60, 15), (60, 60), (40, 40)], start=1):
+        labels[_disk(labels.shape, (r, c), 7)] = k * 9
+    pred = instances_from_maps(foreground_map(labels), hv_maps(labels))
+    np.testing.assert_array_equal(np.unique(pred), np.arange(6))
+    assert pred[15, 15] == 1  # raster order of first pixels
+
+
+def test_bad_inputs_are_refused():
+    fg = np.zeros((10, 12), np.float32)
+    with pytest.raises(ValueError, match=r"\(2, H, W\)"):
+        instances_from_maps(fg, np.zeros((10, 12, 2), np.float32))
+    with pytest.raises(ValueError):
+        instances_from_maps(fg[None], np.zeros((2, 10, 12), np.float32))
+    bad = fg.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        instances_from_maps(bad, np.zeros((2, 10, 12), np.float32))
+
+
+@pytest.mark.realdata
+def test_ground_truth_maps_recover_a_real_tile(monuseg_root):
+    from instasam.io.labels import read_label_map
+    from instasam.metrics import compute_metrics
+
+    split = json.loads((monuseg_root / "splits/kumar_16_14.json").read_text())
+    tile = split["test"][1]  # liver, crowded: touching nuclei
+    labels = read_label_map(monuseg_root / "train/labels_instance" / f"{tile}.png")
+    pred = instances_from_maps(foreground_map(labels), hv_maps(labels))
+    assert compute_metrics(labels, pred)["aji"] > 0.95
