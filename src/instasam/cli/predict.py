@@ -6,15 +6,8 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-from tqdm.auto import tqdm
-
 from instasam.errors import InputError
 from instasam.io.images import list_images, read_rgb
-from instasam.io.labels import write_label_map
-from instasam.io.overlays import write_overlay_png
-from instasam.postprocess import instances_from_maps
-from instasam.predict.tiles import load_predictor
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -58,6 +51,14 @@ def image_files(paths: list[Path]) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch  # heavy imports stay out of `instasam --help`
+    from tqdm.auto import tqdm
+
+    from instasam.io.labels import write_label_map
+    from instasam.io.overlays import write_overlay_png
+    from instasam.postprocess import instances_from_maps
+    from instasam.predict.tiles import load_predictor
+
     files = image_files(args.images)
     images = {f: read_rgb(f) for f in files}  # every input is checked before any output
     if args.threads:

@@ -7,14 +7,8 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-from tqdm.auto import tqdm
-
 from instasam.config import InstaSAMConfig
 from instasam.errors import InputError
-from instasam.io.folder import list_samples, load_sample
-from instasam.model.instasam import build_model
-from instasam.train import TrainingTile, ValTile, load_fixed_labels, train
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -69,6 +63,13 @@ def config_from_args(args: argparse.Namespace) -> InstaSAMConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch  # heavy imports stay out of `instasam --help`
+    from tqdm.auto import tqdm
+
+    from instasam.io.folder import list_samples, load_sample
+    from instasam.model.instasam import build_model
+    from instasam.train import TrainingTile, ValTile, load_fixed_labels, train
+
     config = config_from_args(args)
     samples = list_samples(args.data, require_points=True, require_labels=config.train.pseudo == "gt")
     val_samples = list_samples(args.val, require_labels=True) if args.val else []

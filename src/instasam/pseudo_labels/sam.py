@@ -14,6 +14,7 @@ per nucleus among ``box_sizes`` by the decoder's own predicted IoU.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,6 +103,14 @@ def _mean_entropy(logits: torch.Tensor) -> torch.Tensor:
     return (h * support).sum((1, 2)) / support.sum((1, 2)).clamp(min=1)
 
 
+def decoder_window_tokens(model: InstaSAM, window_px: int | None) -> int | None:
+    """The decoding window in embedding tokens for a window given in tile pixels."""
+    if window_px is None:
+        return None
+    grid = model.backbone.encoder.embedding_size
+    return max(1, math.ceil(window_px * grid / model.crop_size))
+
+
 def prompt_logits(
     model: InstaSAM,
     embedding: torch.Tensor,
@@ -127,12 +136,11 @@ def prompt_logits(
         generator = generator or torch.Generator().manual_seed(config.seed)
         negatives = negative_indices(k, config.n_negatives, generator)
 
+    window = decoder_window_tokens(model, config.decoder_window)
+
     def decode(side: float | torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         return model.prompted_masks(
-            embedding,
-            build_prompts(pts, style, side, negatives),
-            frozen=frozen,
-            window=config.decoder_window,
+            embedding, build_prompts(pts, style, side, negatives), frozen=frozen, window=window
         )
 
     if "box" not in style:
