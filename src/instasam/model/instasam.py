@@ -233,9 +233,19 @@ class InstaSAM(nn.Module):
         return counts
 
 
-def build_model(config: InstaSAMConfig, checkpoint: str | None = None) -> InstaSAM:
-    """Build the model for ``config.train.backbone`` with fresh adapters and decoders."""
-    backbone = build_backbone(config.train.backbone, checkpoint=checkpoint, adapter=config.adapter)
+def build_model(
+    config: InstaSAMConfig, checkpoint: str | None = None, pretrained: bool = True
+) -> InstaSAM:
+    """Build the model for ``config.train.backbone`` with fresh adapters and decoders.
+
+    ``pretrained=False`` builds the backbone with its reproducible random weights (tests,
+    smoke runs); the default loads the backbone's weights (``checkpoint`` or its default
+    source).
+    """
+    kwargs = {} if pretrained else {"pretrained": False}
+    backbone = build_backbone(
+        config.train.backbone, checkpoint=checkpoint, adapter=config.adapter, **kwargs
+    )
     return InstaSAM(backbone, config)
 
 
@@ -271,7 +281,9 @@ def load_model(path: str | os.PathLike, backbone_checkpoint: str | None = None) 
     """Rebuild a trained model: the backbone from its source, the rest from ``path``."""
     payload = read_checkpoint(path)
     config = InstaSAMConfig.from_dict(payload["config"])
-    model = build_model(config, checkpoint=backbone_checkpoint)
+    # A model trained on random backbone weights is rebuilt on the same random weights.
+    pretrained = bool(payload.get("backbone_pretrained", True)) or backbone_checkpoint is not None
+    model = build_model(config, checkpoint=backbone_checkpoint, pretrained=pretrained)
     missing, unexpected = model.load_state_dict(payload["state"], strict=False)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     lost = sorted(trainable & set(missing))
