@@ -33,8 +33,11 @@ PAPER = {  # Dice_obj / AJI (%) on MoNuSeg, Nam et al. 2024, Table 1-3
     "gt": (78.6, 59.6),
     "cv": (73.2, 52.0),
 }
-NAMES = {"sam": "InstaSAM, centred points", "gt": "ground-truth masks (upper bound)",
-         "cv": "cluster + Voronoi labels"}
+NAMES = {
+    "sam": "InstaSAM, centred points",
+    "gt": "ground-truth masks (upper bound)",
+    "cv": "cluster + Voronoi labels",
+}
 
 
 def run(argv: list[str], log: list[dict]) -> None:
@@ -53,18 +56,44 @@ def prepare(src: Path, out: Path, log: list[dict]) -> None:
         dest = out / "data" / subset
         if (dest / "points").is_dir():
             continue
-        run(["prepare", "monuseg", str(src / "train"), str(dest), "--split", str(split),
-             "--subset", subset], log)
+        run(
+            [
+                "prepare",
+                "monuseg",
+                str(src / "train"),
+                str(dest),
+                "--split",
+                str(split),
+                "--subset",
+                subset,
+            ],
+            log,
+        )
 
 
 def experiment(args: argparse.Namespace, source: str, log: list[dict]) -> dict:
     data, run_dir = args.out / "data", args.out / "runs" / source
     pred, result = args.out / "pred" / source, args.out / "results" / f"{source}.json"
     train_argv = [
-        "train", "--data", str(data / "train"), "--val", str(data / "val"), "--out", str(run_dir),
-        "--pseudo", source, "--epochs", str(args.epochs), "--steps-per-epoch",
-        str(args.steps_per_epoch), "--batch-size", str(args.batch_size), "--val-from-epoch",
-        str(args.val_from_epoch), "--resume", "--quiet",
+        "train",
+        "--data",
+        str(data / "train"),
+        "--val",
+        str(data / "val"),
+        "--out",
+        str(run_dir),
+        "--pseudo",
+        source,
+        "--epochs",
+        str(args.epochs),
+        "--steps-per-epoch",
+        str(args.steps_per_epoch),
+        "--batch-size",
+        str(args.batch_size),
+        "--val-from-epoch",
+        str(args.val_from_epoch),
+        "--resume",
+        "--quiet",
     ]
     if args.patience is not None:
         train_argv += ["--patience", str(args.patience)]
@@ -73,23 +102,46 @@ def experiment(args: argparse.Namespace, source: str, log: list[dict]) -> dict:
         run(train_argv, log)
         done_marker.write_text(json.dumps({"finished": time.time()}))
     if not result.is_file():
-        run(["predict", str(data / "test" / "images"), "--model", str(run_dir / "model.pt"),
-             "--out", str(pred)], log)
-        run(["evaluate", "--gt", str(data / "test" / "labels"), "--pred", str(pred),
-             "--json", str(result)], log)
+        run(
+            [
+                "predict",
+                str(data / "test" / "images"),
+                "--model",
+                str(run_dir / "model.pt"),
+                "--out",
+                str(pred),
+            ],
+            log,
+        )
+        run(
+            [
+                "evaluate",
+                "--gt",
+                str(data / "test" / "labels"),
+                "--pred",
+                str(pred),
+                "--json",
+                str(result),
+            ],
+            log,
+        )
     metrics = json.loads(result.read_text())["mean"]
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {"mean": metrics, "train_seconds": history[-1].get("seconds"), "epochs": len(history)}
 
 
 def markdown(summary: dict) -> str:
-    rows = ["| labels | Dice_obj | AJI | AJI+ | PQ | paper Dice_obj / AJI |",
-            "| --- | --- | --- | --- | --- | --- |"]
+    rows = [
+        "| labels | Dice_obj | AJI | AJI+ | PQ | paper Dice_obj / AJI |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for source, res in summary["runs"].items():
         m = res["mean"]
         d, a = PAPER[source]
-        rows.append(f"| {NAMES[source]} | {100 * m['dice_obj']:.1f} | {100 * m['aji']:.1f} | "
-                    f"{100 * m['aji_plus']:.1f} | {100 * m['pq']:.1f} | {d} / {a} |")
+        rows.append(
+            f"| {NAMES[source]} | {100 * m['dice_obj']:.1f} | {100 * m['aji']:.1f} | "
+            f"{100 * m['aji_plus']:.1f} | {100 * m['pq']:.1f} | {d} / {a} |"
+        )
     return "\n".join(rows)
 
 
@@ -108,10 +160,12 @@ def main() -> None:
     started = time.perf_counter()
     log: list[dict] = []
     prepare(args.monuseg, args.out, log)
-    summary = {"machine": f"{platform.processor() or platform.machine()}, "
-                          f"{torch.get_num_threads()} torch threads",
-               "settings": vars(args) | {"monuseg": str(args.monuseg), "out": str(args.out)},
-               "runs": {}}
+    summary = {
+        "machine": f"{platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} torch threads",
+        "settings": vars(args) | {"monuseg": str(args.monuseg), "out": str(args.out)},
+        "runs": {},
+    }
     for source in args.sources:
         summary["runs"][source] = experiment(args, source, log)
     summary["stages"] = log

@@ -26,7 +26,9 @@ CROPS = [
 SIZE = 256
 
 
-def clip_polygon(points: list[tuple[float, float]], lo: float, hi: float) -> list[tuple[float, float]]:
+def clip_polygon(
+    points: list[tuple[float, float]], lo: float, hi: float
+) -> list[tuple[float, float]]:
     """Clip a polygon to the square [lo, hi] x [lo, hi] (Sutherland-Hodgman)."""
     edges = [(0, lo, True), (0, hi, False), (1, lo, True), (1, hi, False)]
     for axis, bound, keep_above in edges:
@@ -60,7 +62,9 @@ def main(src: Path, out: Path) -> None:
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "annotations").mkdir(parents=True, exist_ok=True)
     for split, tile, top, left in CROPS:
-        image = read_rgb(src / split / "images" / f"{tile}.tif")[top : top + SIZE, left : left + SIZE]
+        image = read_rgb(src / split / "images" / f"{tile}.tif")[
+            top : top + SIZE, left : left + SIZE
+        ]
         stem = f"{tile}_y{top}_x{left}"
         tifffile.imwrite(out / "images" / f"{stem}.tif", image, compression="zlib")
         tree = ET.parse(src / split / "annotations" / f"{tile}.xml")
@@ -68,9 +72,15 @@ def main(src: Path, out: Path) -> None:
         regions = ET.SubElement(ET.SubElement(root, "Annotation", {"Id": "1"}), "Regions")
         kept = 0
         for region in tree.getroot().iter("Region"):
-            pts = [(float(v.get("X")) - left, float(v.get("Y")) - top) for v in region.iter("Vertex")]
+            pts = [
+                (float(v.get("X")) - left, float(v.get("Y")) - top) for v in region.iter("Vertex")
+            ]
             clipped = without_collinear(clip_polygon(pts, 0.0, float(SIZE)))
-            if len(clipped) < 3 or np.ptp([p[0] for p in clipped]) < 1 or np.ptp([p[1] for p in clipped]) < 1:
+            if (
+                len(clipped) < 3
+                or np.ptp([p[0] for p in clipped]) < 1
+                or np.ptp([p[1] for p in clipped]) < 1
+            ):
                 continue
             kept += 1
             r = ET.SubElement(regions, "Region", {"Id": str(kept)})
@@ -78,7 +88,9 @@ def main(src: Path, out: Path) -> None:
             for x, y in clipped:
                 ET.SubElement(vertices, "Vertex", {"X": f"{x:g}", "Y": f"{y:g}"})
         ET.indent(root)
-        ET.ElementTree(root).write(out / "annotations" / f"{stem}.xml", encoding="utf-8", xml_declaration=True)
+        ET.ElementTree(root).write(
+            out / "annotations" / f"{stem}.xml", encoding="utf-8", xml_declaration=True
+        )
         print(stem, kept, "nuclei")
 
 

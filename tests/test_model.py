@@ -12,7 +12,9 @@ from instasam.model.adapters import StageAdapter, count_trainable, high_frequenc
 from instasam.model.instasam import InstaSAM, Prompts, build_model, load_model, save_checkpoint
 
 
-def _disk_image(size: int = 256, centre=(128, 120), radius: int = 14) -> tuple[np.ndarray, np.ndarray]:
+def _disk_image(
+    size: int = 256, centre=(128, 120), radius: int = 14
+) -> tuple[np.ndarray, np.ndarray]:
     """A pink H&E-like background with one dark purple disk; returns (image, mask)."""
     yy, xx = np.mgrid[:size, :size]
     mask = (yy - centre[1]) ** 2 + (xx - centre[0]) ** 2 <= radius**2
@@ -25,7 +27,9 @@ def _disk_image(size: int = 256, centre=(128, 120), radius: int = 14) -> tuple[n
 def _box_iou(backbone, image: np.ndarray, mask: np.ndarray) -> float:
     model = InstaSAM(backbone).eval()
     ys, xs = np.nonzero(mask)
-    box = torch.tensor([[xs.min() - 3, ys.min() - 3, xs.max() + 4, ys.max() + 4]], dtype=torch.float32)
+    box = torch.tensor(
+        [[xs.min() - 3, ys.min() - 3, xs.max() + 4, ys.max() + 4]], dtype=torch.float32
+    )
     x = torch.from_numpy(image).permute(2, 0, 1)[None].float()
     with torch.no_grad():
         emb = model.encode(x, adapt=False).embedding
@@ -73,9 +77,18 @@ def test_litemedsam_adapter_parameter_count(litemedsam):
     # Per stage: conv(3->h, k=p) 3*h*p*p + h; Linear(width->h) width*h + h;
     # blocks x Linear(h->h) (h*h + h); Linear(h->width) h*width + width.
     expected = (
-        (3 * 4 * 4 + 4) + (128 * 4 + 4) + 2 * (16 + 4) + (4 * 128 + 128)
-        + (3 * 5 * 16 + 5) + (160 * 5 + 5) + 6 * (25 + 5) + (5 * 160 + 160)
-        + (3 * 10 * 16 + 10) + (320 * 10 + 10) + 2 * (100 + 10) + (10 * 320 + 320)
+        (3 * 4 * 4 + 4)
+        + (128 * 4 + 4)
+        + 2 * (16 + 4)
+        + (4 * 128 + 128)
+        + (3 * 5 * 16 + 5)
+        + (160 * 5 + 5)
+        + 6 * (25 + 5)
+        + (5 * 160 + 160)
+        + (3 * 10 * 16 + 10)
+        + (320 * 10 + 10)
+        + 2 * (100 + 10)
+        + (10 * 320 + 320)
     )
     assert count_trainable(litemedsam.encoder) == expected == 10878
     print(f"LiteMedSAM trainable adapter parameters: {expected}")

@@ -80,7 +80,9 @@ def apply_to_image(image: np.ndarray, transform: CropTransform) -> np.ndarray:
 
 def apply_to_labels(labels: np.ndarray, transform: CropTransform, fill: int) -> np.ndarray:
     """Resample a label map into the crop (nearest); outside the tile gets ``fill``."""
-    return ndi.map_coordinates(labels, transform.tile_coordinates(), order=0, mode="constant", cval=fill)
+    return ndi.map_coordinates(
+        labels, transform.tile_coordinates(), order=0, mode="constant", cval=fill
+    )
 
 
 def points_in_crop(points: np.ndarray, transform: CropTransform) -> tuple[np.ndarray, np.ndarray]:

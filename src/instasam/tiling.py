@@ -33,7 +33,11 @@ def core_spans(starts: list[int], size: int, length: int) -> list[tuple[int, int
     spans = []
     for i, start in enumerate(starts):
         lo = 0 if i == 0 else (start + starts[i - 1] + size) // 2
-        hi = min(length, start + size) if i == len(starts) - 1 else (starts[i + 1] + start + size) // 2
+        hi = (
+            min(length, start + size)
+            if i == len(starts) - 1
+            else (starts[i + 1] + start + size) // 2
+        )
         spans.append((lo, hi))
     return spans
 
@@ -71,9 +75,7 @@ def windows(shape: tuple[int, int], size: int, overlap: int) -> list[Window]:
     h, w = shape
     ys, xs = window_starts(h, size, overlap), window_starts(w, size, overlap)
     spans_y, spans_x = core_spans(ys, size, h), core_spans(xs, size, w)
-    return [
-        Window(y, x, size, sy, sx) for y, sy in zip(ys, spans_y) for x, sx in zip(xs, spans_x)
-    ]
+    return [Window(y, x, size, sy, sx) for y, sy in zip(ys, spans_y) for x, sx in zip(xs, spans_x)]
 
 
 def pad_to(image: np.ndarray, size: int) -> np.ndarray:

@@ -85,10 +85,18 @@ class Crop:
 def fixed_labels_key(config: InstaSAMConfig, points: np.ndarray, image: np.ndarray) -> str:
     """A digest of everything the fixed labels depend on (cache key)."""
     digest = hashlib.sha256()
-    digest.update(json.dumps(
-        {"pseudo": config.train.pseudo, "backbone": config.train.backbone,
-         "crop": config.augment.crop_size, "rule": config.pseudo_labels.__dict__},
-        sort_keys=True, default=str).encode())
+    digest.update(
+        json.dumps(
+            {
+                "pseudo": config.train.pseudo,
+                "backbone": config.train.backbone,
+                "crop": config.augment.crop_size,
+                "rule": config.pseudo_labels.__dict__,
+            },
+            sort_keys=True,
+            default=str,
+        ).encode()
+    )
     digest.update(np.ascontiguousarray(points, dtype=np.float64).tobytes())
     digest.update(np.ascontiguousarray(image[::7, ::7]).tobytes())
     return digest.hexdigest()[:16]
@@ -167,7 +175,9 @@ def read_label_map_signed(path: Path) -> np.ndarray:
 
 
 # -- crops and losses ----------------------------------------------------------------------
-def sample_crop(tile: TrainingTile, size: int, config: InstaSAMConfig, rng: np.random.Generator) -> Crop:
+def sample_crop(
+    tile: TrainingTile, size: int, config: InstaSAMConfig, rng: np.random.Generator
+) -> Crop:
     """One augmented crop of ``tile`` (image, S, points)."""
     transform = random_transform(tile.fixed.shape, size, config.augment, rng)
     points, index = points_in_crop(tile.points, transform)
@@ -201,7 +211,11 @@ def crop_losses(
         k = min(len(points), config.train.max_prompts_per_crop)
         chosen = torch.from_numpy(rng.choice(len(points), size=k, replace=False))
         logits, _ = prompt_logits(
-            model, encoded.embedding, points[chosen], config.pseudo_labels, frozen=False,
+            model,
+            encoded.embedding,
+            points[chosen],
+            config.pseudo_labels,
+            frozen=False,
             box_sides=sides[chosen],
         )
         logits = model.to_crop(logits[:, None])[:, 0]
@@ -212,7 +226,11 @@ def crop_losses(
     if targets_from_adapted(config) and len(points):
         with torch.no_grad():
             logits, _ = prompt_logits(
-                model, encoded.embedding, points, config.pseudo_labels, frozen=False,
+                model,
+                encoded.embedding,
+                points,
+                config.pseudo_labels,
+                frozen=False,
                 box_sides=sides,
             )
             probs = torch.sigmoid(model.to_crop(logits[:, None])[:, 0])
@@ -364,8 +382,11 @@ def train(
     while state.epoch < tc.epochs:
         started = time.perf_counter()
         bar = tqdm(
-            total=steps, initial=state.step_in_epoch, desc=f"epoch {state.epoch + 1}/{tc.epochs}",
-            disable=not progress, unit="step",
+            total=steps,
+            initial=state.step_in_epoch,
+            desc=f"epoch {state.epoch + 1}/{tc.epochs}",
+            disable=not progress,
+            unit="step",
         )
         while state.step_in_epoch < steps:
             optimiser.zero_grad(set_to_none=True)

@@ -53,7 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"instasam: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("instasam: interrupted; finished work is kept and the run can resume", file=sys.stderr)
+        print(
+            "instasam: interrupted; finished work is kept and the run can resume", file=sys.stderr
+        )
         return 130
 
 

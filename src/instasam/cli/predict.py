@@ -68,11 +68,16 @@ def run(args: argparse.Namespace) -> int:
         print("warning: this model's backbone has RANDOM weights; its output is not meaningful")
     if args.overlap is not None:
         predictor.config = replace(predictor.config, overlap=args.overlap)
-    post = {"fg_threshold": args.fg_threshold, "edge_threshold": args.edge_threshold,
-            "min_area": args.min_area}
-    predictor.postprocess = replace(predictor.postprocess, **{k: v for k, v in post.items() if v is not None})
+    post = {
+        "fg_threshold": args.fg_threshold,
+        "edge_threshold": args.edge_threshold,
+        "min_area": args.min_area,
+    }
+    predictor.postprocess = replace(
+        predictor.postprocess, **{k: v for k, v in post.items() if v is not None}
+    )
     done = 0
-    for path in tqdm(files, desc="images", unit="image"):
+    for path in tqdm(files, desc="images", unit="image", disable=None):
         out = args.out / f"{path.stem}.tif"
         if out.exists() and not args.overwrite:
             continue

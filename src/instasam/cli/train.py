@@ -21,8 +21,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, type=Path, help="prepared training folder")
     p.add_argument("--out", required=True, type=Path, help="run folder (checkpoints, logs)")
     p.add_argument("--val", type=Path, help="prepared validation folder with labels/")
-    p.add_argument("--pseudo", choices=("sam", "cv", "gt"), default="sam",
-                   help="where the training labels come from (default: sam)")
+    p.add_argument(
+        "--pseudo",
+        choices=("sam", "cv", "gt"),
+        default="sam",
+        help="where the training labels come from (default: sam)",
+    )
     p.add_argument("--backbone", default="litemedsam", help="backbone name (default: litemedsam)")
     p.add_argument("--sam-checkpoint", help="weights file for the backbone")
     p.add_argument("--epochs", type=int, help="epochs (default: the paper's 100)")
@@ -30,7 +34,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, help="crops per optimiser step (default 4)")
     p.add_argument("--lr", type=float, help="learning rate (default 1e-4)")
     p.add_argument("--val-from-epoch", type=int, help="first epoch to validate (default 30)")
-    p.add_argument("--patience", type=int, help="stop after this many epochs without a better val AJI")
+    p.add_argument(
+        "--patience", type=int, help="stop after this many epochs without a better val AJI"
+    )
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--config", type=Path, help="JSON configuration (as written to RUN/config.json)")
@@ -71,7 +77,9 @@ def run(args: argparse.Namespace) -> int:
     from instasam.train import TrainingTile, ValTile, load_fixed_labels, train
 
     config = config_from_args(args)
-    samples = list_samples(args.data, require_points=True, require_labels=config.train.pseudo == "gt")
+    samples = list_samples(
+        args.data, require_points=True, require_labels=config.train.pseudo == "gt"
+    )
     val_samples = list_samples(args.val, require_labels=True) if args.val else []
     loaded = [load_sample(s) for s in samples]  # validates every file before any work
     val_loaded = [load_sample(s) for s in val_samples]
@@ -79,10 +87,12 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(config.train.num_threads)
     model = build_model(config, checkpoint=args.sam_checkpoint)
     counts = model.trainable_parameter_count()
-    print(f"backbone {model.backbone.name} ({'pretrained' if model.backbone.pretrained else 'RANDOM weights'}); "
-          f"trainable parameters: adapters {counts['adapters']:,}, mask decoder "
-          f"{counts['mask_decoder']:,}, nuclei decoder {counts['nuclei_decoder']:,}; "
-          f"frozen {counts['frozen']:,}")
+    print(
+        f"backbone {model.backbone.name} ({'pretrained' if model.backbone.pretrained else 'RANDOM weights'}); "
+        f"trainable parameters: adapters {counts['adapters']:,}, mask decoder "
+        f"{counts['mask_decoder']:,}, nuclei decoder {counts['nuclei_decoder']:,}; "
+        f"frozen {counts['frozen']:,}"
+    )
     cache = args.out / "cache" / f"fixed_{config.train.pseudo}"
     tiles = []
     model.eval()
@@ -90,9 +100,16 @@ def run(args: argparse.Namespace) -> int:
         fixed, sides = load_fixed_labels(model, s.stem, s.image, s.points, s.labels, config, cache)
         tiles.append(TrainingTile(s.stem, s.image, s.points, fixed, sides))
     val_tiles = [ValTile(s.stem, s.image, s.labels) for s in val_loaded]
-    state = train(tiles, val_tiles, args.out, config, model=model, resume=args.resume,
-                  progress=not args.quiet)
-    best = f"best val AJI {state.best_aji:.4f} at epoch {state.best_epoch}" if val_tiles else "no validation"
-    print(f"done: {state.epoch} epochs, {state.global_step} steps, {state.seconds / 60:.1f} min; "
-          f"{best}; model: {args.out / 'model.pt'}")
+    state = train(
+        tiles, val_tiles, args.out, config, model=model, resume=args.resume, progress=not args.quiet
+    )
+    best = (
+        f"best val AJI {state.best_aji:.4f} at epoch {state.best_epoch}"
+        if val_tiles
+        else "no validation"
+    )
+    print(
+        f"done: {state.epoch} epochs, {state.global_step} steps, {state.seconds / 60:.1f} min; "
+        f"{best}; model: {args.out / 'model.pt'}"
+    )
     return 0

@@ -73,7 +73,9 @@ class ImageEncoder(nn.Module, ABC):
     def has_adapters(self) -> bool:
         return self.adapters is not None
 
-    def forward(self, images: torch.Tensor, adapt: bool = True, early: bool = False) -> EncoderOutput:
+    def forward(
+        self, images: torch.Tensor, adapt: bool = True, early: bool = False
+    ) -> EncoderOutput:
         """Encode ``(B, 3, S, S)`` RGB in 0..255, ``S = input_size``.
 
         ``adapt=False`` runs the original encoder (the branch that yields the vanilla

@@ -225,7 +225,9 @@ class InstaSAM(nn.Module):
             "nuclei_decoder": self.nuclei_decoder,
         }
         counts = {
-            name: sum(p.numel() for p in (m.parameters() if m is not None else []) if p.requires_grad)
+            name: sum(
+                p.numel() for p in (m.parameters() if m is not None else []) if p.requires_grad
+            )
             for name, m in parts.items()
         }
         counts["total"] = sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -288,8 +290,11 @@ def load_model(path: str | os.PathLike, backbone_checkpoint: str | None = None) 
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     lost = sorted(trainable & set(missing))
     if lost or unexpected:
-        raise InputError(path, f"checkpoint does not fit its model ({len(lost)} missing, "
-                               f"{len(unexpected)} unexpected tensors)")
+        raise InputError(
+            path,
+            f"checkpoint does not fit its model ({len(lost)} missing, "
+            f"{len(unexpected)} unexpected tensors)",
+        )
     model.eval()
     return model
 

