@@ -45,6 +45,18 @@ class PseudoLabelConfig:
 
 
 @dataclass(frozen=True)
+class VoronoiConfig:
+    """Cluster + Voronoi labels (Qu et al., MIDL 2019), the point-only baseline labels."""
+
+    distance_clip: float = 20.0  # px; distance-to-nearest-point feature is truncated here
+    colour_weight: float = 1.0  # weight of the (standardised) colour against the distance
+    n_fit_pixels: int = 50_000  # pixels sampled to fit k-means (all pixels are assigned)
+    point_radius: int = 2  # points are drawn as disks of this radius as sure nucleus pixels
+    opening_radius: int = 1  # opening of the nuclei cluster, removing thin bridges
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class AdapterConfig:
     """SAM-Adapter style prompts added before every transformer block (Eq. 1)."""
 
@@ -157,6 +169,7 @@ class InstaSAMConfig:
     """Everything a run needs, saved beside its checkpoints."""
 
     pseudo_labels: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
+    voronoi: VoronoiConfig = field(default_factory=VoronoiConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     decoder: NucleiDecoderConfig = field(default_factory=NucleiDecoderConfig)
     targets: TargetConfig = field(default_factory=TargetConfig)
@@ -203,5 +216,6 @@ __all__ = [
     "PseudoLabelConfig",
     "TargetConfig",
     "TrainConfig",
+    "VoronoiConfig",
     "replace",
 ]

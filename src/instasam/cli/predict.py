@@ -26,6 +26,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--fg-threshold", type=float, help="foreground probability threshold")
     p.add_argument("--edge-threshold", type=float, help="watershed edge (marker) threshold")
     p.add_argument("--min-area", type=int, help="smallest nucleus kept, in pixels")
+    p.add_argument(
+        "--save-maps",
+        action="store_true",
+        help="also write OUT/maps/<stem>.npz (foreground probability, distance maps) "
+        "to re-run post-processing without the model (instasam postprocess)",
+    )
     p.add_argument("--overwrite", action="store_true", help="redo images that have an output")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.set_defaults(func=run)
@@ -48,6 +54,16 @@ def image_files(paths: list[Path]) -> list[Path]:
     if not files:
         raise InputError(paths[0], "no images found")
     return files
+
+
+def write_maps(path: Path, fg, hv) -> None:
+    """Foreground probability and distance maps as float16 (atomic)."""
+    import numpy as np
+
+    from instasam.io.atomic import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, foreground=fg.astype(np.float16), hv=hv.astype(np.float16))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,6 +99,8 @@ def run(args: argparse.Namespace) -> int:
             continue
         fg, hv = predictor.predict_maps(images[path])
         labels = instances_from_maps(fg, hv, predictor.postprocess)
+        if args.save_maps:
+            write_maps(args.out / "maps" / f"{path.stem}.npz", fg, hv)
         write_label_map(out, labels)
         if args.overlay:
             write_overlay_png(args.out / "overlays" / f"{path.stem}.png", images[path], labels)

@@ -52,6 +52,8 @@ class NucleiDecoder(nn.Module):
                     module.reset_parameters()
         self.output_tokens = nn.Embedding(len(MAP_NAMES), dim)
         self.heads = nn.ModuleList(MLP(dim, dim, dim // 8, 3) for _ in MAP_NAMES)
+        if init_from_mask_decoder:
+            self._start_from_mask_token(mask_decoder)
         self.early_fusion = None
         if early_channels:
             self.early_fusion = nn.Sequential(
@@ -60,6 +62,20 @@ class NucleiDecoder(nn.Module):
                 nn.GELU(),
                 nn.Conv2d(dim // 8, dim // 8, kernel_size=3, padding=1),
             )
+
+    @torch.no_grad()
+    def _start_from_mask_token(self, mask_decoder: MaskDecoder) -> None:
+        """Every output starts as SAM's single-mask output: the foreground map then begins
+        as SAM's own unprompted mask, and the distance heads begin from features SAM
+        already uses to delineate objects (their last layer scaled down, as distances
+        start near zero)."""
+        token = mask_decoder.mask_tokens.weight[0]
+        self.output_tokens.weight.copy_(token.expand_as(self.output_tokens.weight))
+        for i, head in enumerate(self.heads):
+            head.load_state_dict(mask_decoder.output_hypernetworks_mlps[0].state_dict())
+            if i > 0:
+                head.layers[-1].weight.mul_(0.1)
+                head.layers[-1].bias.mul_(0.1)
 
     def forward(
         self,
