@@ -75,7 +75,11 @@ def windows(shape: tuple[int, int], size: int, overlap: int) -> list[Window]:
     h, w = shape
     ys, xs = window_starts(h, size, overlap), window_starts(w, size, overlap)
     spans_y, spans_x = core_spans(ys, size, h), core_spans(xs, size, w)
-    return [Window(y, x, size, sy, sx) for y, sy in zip(ys, spans_y) for x, sx in zip(xs, spans_x)]
+    return [
+        Window(y, x, size, sy, sx)
+        for y, sy in zip(ys, spans_y, strict=True)
+        for x, sx in zip(xs, spans_x, strict=True)
+    ]
 
 
 def pad_to(image: np.ndarray, size: int) -> np.ndarray:

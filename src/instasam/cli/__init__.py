@@ -21,9 +21,9 @@ COMMAND_MODULES = (
     "pseudo",
     "train",
     "predict",
+    "postprocess",
     "predict_wsi",
     "evaluate",
-    "experiment",
     "weights",
     "demo",
 )

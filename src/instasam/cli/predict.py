@@ -6,6 +6,7 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
+from instasam.cli.postprocess import add_threshold_options, with_thresholds
 from instasam.errors import InputError
 from instasam.io.images import list_images, read_rgb
 
@@ -21,11 +22,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, type=Path, help="RUN/model.pt from instasam train")
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--overlay", action="store_true", help="also write OUT/overlays/<stem>.png")
+    p.add_argument(
+        "--geojson",
+        action="store_true",
+        help="also write OUT/<stem>.geojson: the nuclei as QuPath detections (File > Import "
+        "objects), with area and centroid measurements",
+    )
+    p.add_argument("--mpp", type=float, help="microns per pixel, for the GeoJSON's µm measurements")
     p.add_argument("--sam-checkpoint", help="backbone weights, if not the default source")
     p.add_argument("--overlap", type=int, help="pixels shared by neighbouring windows")
-    p.add_argument("--fg-threshold", type=float, help="foreground probability threshold")
-    p.add_argument("--edge-threshold", type=float, help="watershed edge (marker) threshold")
-    p.add_argument("--min-area", type=int, help="smallest nucleus kept, in pixels")
+    add_threshold_options(p)
     p.add_argument(
         "--save-maps",
         action="store_true",
@@ -56,22 +62,14 @@ def image_files(paths: list[Path]) -> list[Path]:
     return files
 
 
-def write_maps(path: Path, fg, hv) -> None:
-    """Foreground probability and distance maps as float16 (atomic)."""
-    import numpy as np
-
-    from instasam.io.atomic import atomic_path
-
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez_compressed(fh, foreground=fg.astype(np.float16), hv=hv.astype(np.float16))
-
-
 def run(args: argparse.Namespace) -> int:
     import torch  # heavy imports stay out of `instasam --help`
     from tqdm.auto import tqdm
 
     from instasam.io.labels import write_label_map
+    from instasam.io.maps import write_maps
     from instasam.io.overlays import write_overlay_png
+    from instasam.io.qupath import id_namespace, write_detections
     from instasam.postprocess import instances_from_maps
     from instasam.predict.tiles import load_predictor
 
@@ -84,14 +82,7 @@ def run(args: argparse.Namespace) -> int:
         print("warning: this model's backbone has RANDOM weights; its output is not meaningful")
     if args.overlap is not None:
         predictor.config = replace(predictor.config, overlap=args.overlap)
-    post = {
-        "fg_threshold": args.fg_threshold,
-        "edge_threshold": args.edge_threshold,
-        "min_area": args.min_area,
-    }
-    predictor.postprocess = replace(
-        predictor.postprocess, **{k: v for k, v in post.items() if v is not None}
-    )
+    predictor.postprocess = with_thresholds(predictor.postprocess, args)
     done = 0
     for path in tqdm(files, desc="images", unit="image", disable=None):
         out = args.out / f"{path.stem}.tif"
@@ -101,9 +92,14 @@ def run(args: argparse.Namespace) -> int:
         labels = instances_from_maps(fg, hv, predictor.postprocess)
         if args.save_maps:
             write_maps(args.out / "maps" / f"{path.stem}.npz", fg, hv)
-        write_label_map(out, labels)
         if args.overlay:
             write_overlay_png(args.out / "overlays" / f"{path.stem}.png", images[path], labels)
+        if args.geojson:
+            namespace = id_namespace(path.name)
+            write_detections(
+                args.out / f"{path.stem}.geojson", labels, mpp=args.mpp, namespace=namespace
+            )
+        write_label_map(out, labels)  # last: its presence marks the image as done (resume)
         done += 1
     print(f"{done} image(s) segmented, {len(files) - done} already done; output in {args.out}")
     return 0

@@ -1,9 +1,133 @@
-"""`instasam predict-wsi` (not yet implemented)."""
+"""``instasam predict-wsi``: nuclei of a whole slide as QuPath detections (GeoJSON)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
+from pathlib import Path
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Placeholder until the command lands."""
+    from instasam.io.slides import DEFAULT_OVERLAP, DEFAULT_TARGET_MPP, DEFAULT_TILE
+
+    p = subparsers.add_parser(
+        "predict-wsi",
+        help="segment the nuclei of a whole slide into a QuPath GeoJSON",
+        description="Segment every nucleus of a whole-slide image (pyramidal TIFF/SVS, or a "
+        "plain TIFF) and write them as QuPath detections (File > Import objects). Tiles "
+        "without tissue are skipped. An interrupted run resumes where it stopped: finished "
+        "tiles are kept in OUT.partial/ until OUT is complete.",
+    )
+    p.add_argument("slide", type=Path, help="slide file (.svs, .tif, ...)")
+    p.add_argument("--model", required=True, type=Path, help="RUN/model.pt from instasam train")
+    p.add_argument("--out", required=True, type=Path, help="output .geojson")
+    p.add_argument(
+        "--mpp",
+        type=float,
+        help="microns per pixel of the slide's full resolution (overrides its metadata)",
+    )
+    p.add_argument(
+        "--target-mpp",
+        type=float,
+        help="microns per pixel the model works at (default: the model's own, else "
+        f"{DEFAULT_TARGET_MPP})",
+    )
+    p.add_argument(
+        "--tile",
+        type=int,
+        default=DEFAULT_TILE,
+        help="tile side, model pixels (default: %(default)s)",
+    )
+    p.add_argument(
+        "--overlap",
+        type=int,
+        default=DEFAULT_OVERLAP,
+        help="model pixels shared by neighbouring tiles; must exceed the largest nucleus "
+        "diameter (default: %(default)s)",
+    )
+    p.add_argument("--level", type=int, help="pyramid level to read (default: from the mpp)")
+    p.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="discard the finished tiles of an earlier run (a run with other settings is "
+        "refused otherwise)",
+    )
+    p.add_argument(
+        "--no-tissue-mask", action="store_true", help="process every tile, tissue or not"
+    )
+    p.add_argument(
+        "--points",
+        type=Path,
+        help="points (CSV or QuPath GeoJSON, full-resolution pixels) to count how many fall "
+        "inside a predicted nucleus",
+    )
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from instasam.errors import InputError
+    from instasam.io.points import check_points_inside, read_points
+    from instasam.io.slides import DEFAULT_TARGET_MPP, SlideWarning, open_slide
+    from instasam.predict.slides import SlidePredictConfig, check_tissue, predict_slide
+
+    if args.out.suffix.lower() not in (".geojson", ".json"):
+        raise InputError(args.out, "--out must end in .geojson")
+    if not args.model.is_file():
+        raise InputError(args.model, "model file not found")
+    config = SlidePredictConfig(
+        tile=args.tile,
+        overlap=args.overlap,
+        target_mpp=args.target_mpp,
+        level=args.level,
+        use_tissue_mask=not args.no_tissue_mask,
+    )
+    # Everything about the slide is checked before the (slow) model loads.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SlideWarning)
+        slide = open_slide(args.slide, mpp=args.mpp)
+    for warning in caught:
+        print(f"instasam: warning: {warning.message}", file=sys.stderr)
+    with slide:
+        tissue = None
+        if config.use_tissue_mask:
+            tissue = slide.tissue_mask()
+            check_tissue(slide, tissue)
+        points = None
+        if args.points is not None:
+            points = read_points(args.points, mpp=slide.mpp)
+            check_points_inside(points, (slide.dimensions[1], slide.dimensions[0]), args.points)
+        if args.level is not None:  # a level the slide lacks fails before the model loads
+            slide.working_level(args.target_mpp or DEFAULT_TARGET_MPP, args.level)
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        from instasam.predict.tiles import load_predictor
+
+        predictor = load_predictor(args.model)
+        stat = args.model.stat()
+        result = predict_slide(
+            slide,
+            predictor,
+            args.out,
+            config,
+            resume=not args.no_resume,
+            points=points,
+            tissue=tissue,
+            fingerprint={"model": args.model.name, "bytes": stat.st_size, "mtime": stat.st_mtime},
+            points_name=str(args.points),
+        )
+    w = result.working
+    print(
+        f"{args.out}: {result.nuclei} nuclei from {result.tiles_on_tissue} of "
+        f"{result.tiles_total} tiles on tissue ({result.tiles_resumed} resumed), level "
+        f"{w.level} at {w.level_mpp:.3g} µm/px x{w.scale:.3g} -> {w.target_mpp:.3g} µm/px, "
+        f"{result.tissue_megapixels:.1f} Mpx of tissue in {result.seconds:.0f} s"
+    )
+    if result.points:
+        print(f"{result.points_in_nuclei} of {result.points} points fall inside a nucleus")
+    for note in result.notes:
+        print(f"instasam: note: {note}", file=sys.stderr)
+    return 0

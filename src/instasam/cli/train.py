@@ -87,8 +87,9 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(config.train.num_threads)
     model = build_model(config, checkpoint=args.sam_checkpoint)
     counts = model.trainable_parameter_count()
+    weights = "pretrained" if model.backbone.pretrained else "RANDOM weights"
     print(
-        f"backbone {model.backbone.name} ({'pretrained' if model.backbone.pretrained else 'RANDOM weights'}); "
+        f"backbone {model.backbone.name} ({weights}); "
         f"trainable parameters: adapters {counts['adapters']:,}, mask decoder "
         f"{counts['mask_decoder']:,}, nuclei decoder {counts['nuclei_decoder']:,}; "
         f"frozen {counts['frozen']:,}"

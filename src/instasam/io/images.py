@@ -11,6 +11,7 @@ cannot use as they are get one documented treatment each:
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -30,13 +31,26 @@ def _raw_array(path: Path) -> np.ndarray:
         raise InputError(path, "file not found")
     try:
         if path.suffix.lower() in _TIFF_SUFFIXES:
-            return np.asarray(tifffile.imread(path, key=0))
+            # A broken TIFF makes tifffile log a warning and return an empty array: keep the
+            # CLI's one error line (InputError) instead of an extra log line on stderr.
+            tiff_log = logging.getLogger("tifffile")
+            level = tiff_log.level
+            tiff_log.setLevel(logging.ERROR)
+            try:
+                array = np.asarray(tifffile.imread(path, key=0))
+            finally:
+                tiff_log.setLevel(level)
+            if array.size == 0:
+                raise InputError(path, "cannot read image (no image data in the TIFF)")
+            return array
         with Image.open(path) as im:
             if im.mode == "P":
                 im = im.convert("RGBA" if "transparency" in im.info else "RGB")
             elif im.mode in ("I;16", "I;16B", "I;16L", "I"):
                 return np.asarray(im)
             return np.asarray(im)
+    except InputError:
+        raise
     except (OSError, ValueError, UnidentifiedImageError, tifffile.TiffFileError) as exc:
         raise InputError(path, f"cannot read image ({exc.__class__.__name__}: {exc})") from None
 
@@ -78,6 +92,12 @@ def write_rgb(path: str | os.PathLike, image: np.ndarray) -> None:
     """Write an RGB uint8 image atomically; the format follows the suffix."""
     with atomic_path(path) as tmp:
         Image.fromarray(np.asarray(image, dtype=np.uint8)).save(tmp, format=_pil_format(path))
+
+
+def write_mask_png(path: str | os.PathLike, mask: np.ndarray) -> None:
+    """Write a boolean mask as an 8-bit greyscale PNG (255 = True), atomically."""
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L").save(tmp, format="PNG")
 
 
 def _pil_format(path: str | os.PathLike) -> str:

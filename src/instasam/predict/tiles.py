@@ -42,7 +42,7 @@ def predict_maps(
         crops = np.stack([win.crop(padded) for win in group])
         tensor = torch.from_numpy(crops).permute(0, 3, 1, 2).float()
         maps = model(tensor).numpy()
-        for win, out in zip(group, maps):
+        for win, out in zip(group, maps, strict=True):
             fg[win.core_slices] = out[0][win.core_local]
             hv[(slice(None), *win.core_slices)] = out[1:][(slice(None), *win.core_local)]
     return fg, hv

@@ -1,0 +1,542 @@
+"""Whole-slide prediction: tiles on tissue, each nucleus kept once, streamed and resumable.
+
+Tiles
+    The working level (see :mod:`instasam.io.slides`) is cut into tiles of ``tile`` x
+    ``tile`` model pixels overlapping by ``overlap`` (both converted to level pixels when
+    tiles are resized). Only tiles touching the tissue mask are read. Each tile goes
+    through the predictor as one image.
+
+Stitching: every nucleus exactly once, none cut
+    A tile's *core* is the tile minus ``overlap / 2`` on each side it shares with a
+    neighbour; on the slide's border it runs to the border (the border is not an inner
+    edge). Precisely, a core runs to the middle of the overlap with each neighbour, so the
+    last tile of a row or column, which is moved back to end at the border and overlaps its
+    neighbour by more, still meets it at the middle: the cores partition the level. A tile
+    keeps a nucleus when (a) the pixel nearest the nucleus's centroid lies in the tile's
+    core and (b) the nucleus does not touch an inner edge of the tile.
+
+    Why this is exact when ``overlap`` exceeds the largest nucleus diameter ``D``:
+
+    * *Never cut*: the tile whose core holds the centroid sees the whole nucleus. Its core
+      stays at least ``overlap / 2`` away from each inner edge, and no pixel of a nucleus
+      lies further than ``D / 2`` (about) from its centroid, less than ``overlap / 2``; so
+      the nucleus lies wholly inside that tile, away from its inner edges, and rule (b) does
+      not fire. (To the pixel: with ``r`` the largest horizontal or vertical distance from
+      the centroid to a pixel centre, ``r < overlap / 2 - 1/2`` suffices for an even
+      overlap; a symmetric nucleus ``D`` px across has ``r = (D - 1) / 2``, so ``D < overlap``.)
+    * *Never twice*: every tile that sees the whole nucleus segments the same pixels, so it
+      computes the same centroid, which lies in exactly one core: rule (a) keeps it in one
+      tile only. A tile that sees only part of the nucleus (cut by its edge) computes
+      another centroid, which might fall in its own core - but the part touches that
+      tile's inner edge, and rule (b) drops it.
+
+    The one assumption is that a tile segments a nucleus it sees whole like any other tile
+    does: exact for the classical stand-in of the tests, and true for a model whose output
+    depends on context within ``overlap / 2`` of a nucleus. Nuclei larger than the overlap
+    are dropped at the seam rather than cut or doubled, counted (``dropped_at_edge``,
+    ``largest_reach``) and reported so that ``--overlap`` can be raised.
+
+    With tiles resized to the model's resolution (``scale != 1``) two tiles resample a
+    nucleus slightly differently; a nucleus whose centroid lies within a fraction of a
+    pixel of a core boundary can then be kept twice or not at all.
+
+Streaming and resume
+    Finished tiles go to ``OUT.partial/`` as one small JSON-lines file each (a header
+    line, then one QuPath feature per line), written atomically, next to a manifest of the
+    run's settings (slide, mpp, working level, tile, overlap, tissue mask use, the model
+    file's name, size and time, and the list of tiles). A rerun with the same settings
+    skips the tiles already there (``resume=True``, the default). A rerun with *other*
+    settings is refused with an :class:`~instasam.errors.InputError` naming the difference:
+    mixing tiles of two runs would give an inconsistent file, and silently starting over
+    could throw away hours of work; ``resume=False`` (``--no-resume``) deletes the folder
+    and starts over. When all tiles are done the GeoJSON is assembled in tile order through
+    :class:`~instasam.io.qupath.GeoJSONDetectionWriter` (atomic) and the folder is removed,
+    so memory stays flat whatever the slide's size and OUT is either complete or absent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+from tqdm.auto import tqdm
+
+from instasam.errors import InputError
+from instasam.io.atomic import write_text_atomic
+from instasam.io.points import check_points_inside
+from instasam.io.qupath import (
+    GeoJSONDetectionWriter,
+    encode_feature,
+    id_namespace,
+    instance_features,
+)
+from instasam.io.slides import (
+    DEFAULT_OVERLAP,
+    DEFAULT_TARGET_MPP,
+    DEFAULT_TILE,
+    Slide,
+    Tile,
+    TissueMask,
+    WorkingLevel,
+    tile_grid,
+    tiles_on_tissue,
+)
+from instasam.predict import InstancePredictor
+
+PARTIAL_SUFFIX = ".partial"
+_MANIFEST = "manifest.json"
+_FORMAT = 2  # bump when the partial files change meaning
+
+
+@dataclass(frozen=True)
+class SlidePredictConfig:
+    """Settings of a whole-slide run (the CLI's options)."""
+
+    tile: int = DEFAULT_TILE
+    overlap: int = DEFAULT_OVERLAP
+    target_mpp: float | None = None  # None: the predictor's mpp, else DEFAULT_TARGET_MPP
+    level: int | None = None  # None: chosen from the target mpp
+    use_tissue_mask: bool = True
+
+    def __post_init__(self) -> None:
+        if self.tile <= 0 or self.overlap < 0 or self.tile <= self.overlap:
+            raise InputError(
+                None, f"--tile ({self.tile}) must be larger than --overlap ({self.overlap}) >= 0"
+            )
+        if self.target_mpp is not None and not (
+            math.isfinite(self.target_mpp) and self.target_mpp > 0
+        ):
+            raise InputError(None, f"--target-mpp must be positive, got {self.target_mpp}")
+        if self.level is not None and self.level < 0:
+            raise InputError(None, f"--level must be >= 0, got {self.level}")
+
+
+@dataclass
+class SlideRun:
+    """What a whole-slide run did."""
+
+    out: Path
+    working: WorkingLevel
+    tiles_total: int = 0
+    tiles_on_tissue: int = 0
+    tiles_resumed: int = 0
+    tiles_predicted: int = 0
+    nuclei: int = 0
+    dropped_at_edge: int = 0  # owned but cut by an inner tile edge (see module notes)
+    largest_reach: float = 0.0  # model px from a kept nucleus's centroid to its farthest pixel
+    overlap: int = 0
+    points: int = 0
+    points_in_nuclei: int = 0
+    tissue_megapixels: float = 0.0  # tissue area in model pixels
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    working: WorkingLevel
+    tiles: list[Tile]
+    todo: list[Tile]
+    tile_level: int  # tile side in level pixels
+    overlap_level: int
+
+
+def partial_dir(out: str | os.PathLike) -> Path:
+    """The folder holding the finished tiles of an unfinished run writing ``out``."""
+    out = Path(out)
+    return out.with_name(out.name + PARTIAL_SUFFIX)
+
+
+def predict_slide(
+    slide: Slide,
+    predictor: InstancePredictor,
+    out: str | os.PathLike,
+    config: SlidePredictConfig | None = None,
+    *,
+    resume: bool = True,
+    points: np.ndarray | None = None,
+    tissue: TissueMask | None = None,
+    fingerprint: dict[str, Any] | None = None,
+    progress: bool = True,
+    points_name: str = "points",
+) -> SlideRun:
+    """Segment the nuclei of a slide into a QuPath GeoJSON file.
+
+    Parameters
+    ----------
+    slide : Slide
+        The open slide (its ``mpp`` resolved).
+    predictor : InstancePredictor
+        RGB tile -> instance map.
+    out : path
+        The ``.geojson`` to write (atomically, at the end).
+    config : SlidePredictConfig, optional
+    resume : bool
+        Reuse the finished tiles of an interrupted run with the same settings; False
+        discards them.
+    points : ndarray ``(N, 2)``, optional
+        Level-0 points ``(x, y)`` (pixel centres); the run counts those falling inside a
+        predicted nucleus. Points outside the slide are an :class:`InputError`.
+    tissue : TissueMask, optional
+        A precomputed tissue mask (default: :meth:`Slide.tissue_mask`).
+    fingerprint : dict, optional
+        Anything else that must match for a resume (e.g. the model file's size and time).
+    progress : bool
+        Show a progress bar.
+    points_name : str
+        How error messages name the points (e.g. their file).
+
+    Raises
+    ------
+    InputError
+        Bad settings, no tissue, points outside the slide, a partial run with other
+        settings, or a slide region that cannot be decoded.
+    """
+    started = time.perf_counter()
+    config = config or SlidePredictConfig()
+    out = Path(out)
+    if out.is_dir():
+        raise InputError(out, "is a folder; --out needs a .geojson file name")
+    if points is not None:
+        points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        check_points_inside(points, (slide.dimensions[1], slide.dimensions[0]), points_name)
+    target = config.target_mpp or getattr(predictor, "mpp", None) or DEFAULT_TARGET_MPP
+    working = slide.working_level(target, config.level)
+    if not config.use_tissue_mask:
+        tissue = None
+    elif tissue is None:
+        tissue = slide.tissue_mask()
+    plan = _plan(slide, working, config, tissue)
+    run = SlideRun(out=out, working=working, overlap=config.overlap)
+    run.tiles_total, run.tiles_on_tissue = len(plan.tiles), len(plan.todo)
+    run.tissue_megapixels = _tissue_megapixels(slide, working, plan, tissue)
+    run.points = 0 if points is None else len(points)
+
+    sidecar = partial_dir(out)
+    manifest = _manifest(slide, working, config, plan, fingerprint, points)
+    _prepare_sidecar(sidecar, manifest, resume)
+    owners = _point_owners(points, plan, working)
+    namespace = id_namespace(f"{slide.name}:{slide.dimensions[0]}x{slide.dimensions[1]}")
+
+    pending = [t for t in plan.todo if not _tile_file(sidecar, t).is_file()]
+    run.tiles_resumed = len(plan.todo) - len(pending)
+    bar = tqdm(
+        total=len(plan.todo),
+        initial=run.tiles_resumed,
+        desc=slide.name,
+        unit="tile",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    found = 0
+    try:
+        for tile in pending:
+            header, lines = _predict_tile(
+                slide,
+                predictor,
+                tile,
+                plan,
+                namespace,
+                owners.get((tile.row, tile.col)),
+            )
+            body = "\n".join([json.dumps(header), *lines]) + "\n"
+            write_text_atomic(_tile_file(sidecar, tile), body)
+            run.tiles_predicted += 1
+            found += header["nuclei"]
+            bar.set_postfix(nuclei=found, refresh=False)
+            bar.update(1)
+    finally:
+        bar.close()
+
+    with GeoJSONDetectionWriter(out) as writer:
+        for tile in plan.todo:
+            header = _copy_tile(_tile_file(sidecar, tile), writer)
+            run.dropped_at_edge += header["dropped_at_edge"]
+            run.points_in_nuclei += header["points_in_nuclei"]
+            run.largest_reach = max(run.largest_reach, header["largest_reach"])
+        run.nuclei = writer.count
+    shutil.rmtree(sidecar, ignore_errors=True)
+    if run.dropped_at_edge or run.largest_reach >= config.overlap / 2:
+        run.notes.append(
+            f"some nuclei reach {run.largest_reach:.0f} px from their centre (overlap/2 = "
+            f"{config.overlap / 2:g}); {run.dropped_at_edge} cut piece(s) were dropped at tile "
+            "edges. Nuclei this large can be cut or lost at tile seams: raise --overlap above "
+            "the largest nucleus diameter"
+        )
+    run.seconds = time.perf_counter() - started
+    return run
+
+
+def check_tissue(slide: Slide, tissue: TissueMask) -> None:
+    """Refuse a slide whose tissue mask is empty (:class:`InputError`, exit status 2)."""
+    if not tissue.mask.any():
+        raise _no_tissue(slide, tissue)
+
+
+def _no_tissue(slide: Slide, tissue: TissueMask) -> InputError:
+    return InputError(
+        slide.path,
+        "no tissue found (the slide looks like empty glass; saturation threshold "
+        f"{tissue.threshold:.2f}); pass --no-tissue-mask to process it anyway",
+    )
+
+
+def _plan(
+    slide: Slide, working: WorkingLevel, config: SlidePredictConfig, tissue: TissueMask | None
+) -> _Plan:
+    tile_level = max(1, round(config.tile / working.scale))
+    overlap_level = math.ceil(config.overlap / working.scale)
+    if tile_level <= overlap_level:
+        raise InputError(None, f"--tile {config.tile} is too small for --overlap {config.overlap}")
+    tiles = tile_grid(slide.level_dimensions[working.level], tile_level, overlap_level)
+    if tissue is not None:
+        todo = tiles_on_tissue(tiles, tissue, working.downsample)
+        if not todo:
+            raise _no_tissue(slide, tissue)
+    else:
+        todo = tiles
+    return _Plan(working, tiles, todo, tile_level, overlap_level)
+
+
+def _tissue_megapixels(
+    slide: Slide, working: WorkingLevel, plan: _Plan, tissue: TissueMask | None
+) -> float:
+    """Tissue area in model pixels (the processed tiles' cores when there is no mask)."""
+    level_area = sum((t.core_x[1] - t.core_x[0]) * (t.core_y[1] - t.core_y[0]) for t in plan.todo)
+    if tissue is not None:
+        w, h = slide.level_dimensions[working.level]
+        level_area = min(level_area, tissue.fraction * w * h)
+    return level_area * working.scale**2 / 1e6
+
+
+def _manifest(
+    slide: Slide,
+    working: WorkingLevel,
+    config: SlidePredictConfig,
+    plan: _Plan,
+    fingerprint: dict[str, Any] | None,
+    points: np.ndarray | None,
+) -> dict[str, Any]:
+    digest = None if points is None else hashlib.sha1(points.tobytes()).hexdigest()
+    return {
+        "format": _FORMAT,
+        "slide": slide.name,
+        "slide_bytes": slide.path.stat().st_size,
+        "dimensions": list(slide.dimensions),
+        "mpp": round(slide.mpp, 6),
+        "working": {k: v for k, v in asdict(working).items() if k != "downsample"},
+        # The effective level and target are in "working"; how they were chosen is not.
+        "config": {k: v for k, v in asdict(config).items() if k not in ("target_mpp", "level")},
+        "tile_level": plan.tile_level,
+        "overlap_level": plan.overlap_level,
+        "tiles": [t.name for t in plan.todo],
+        "fingerprint": fingerprint or {},
+        "points": digest,  # tiles count the points they hold
+    }
+
+
+def _prepare_sidecar(sidecar: Path, manifest: dict[str, Any], resume: bool) -> None:
+    """Create the partial-run folder, or check that an existing one can be resumed."""
+    manifest = json.loads(json.dumps(manifest))  # the form it has once read back
+    if sidecar.exists() and not resume:
+        shutil.rmtree(sidecar)
+    if sidecar.exists():
+        try:
+            previous = json.loads((sidecar / _MANIFEST).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            previous = None
+        if previous != manifest:
+            what = _first_difference(previous, manifest)
+            raise InputError(
+                sidecar,
+                f"holds an unfinished run with other settings ({what}); pass --no-resume to "
+                "start over or delete the folder",
+            )
+        return
+    try:
+        sidecar.mkdir(parents=True)
+        write_text_atomic(sidecar / _MANIFEST, json.dumps(manifest, indent=1) + "\n")
+    except OSError as exc:
+        raise InputError(sidecar, f"cannot write here ({exc.strerror or exc})") from None
+
+
+def _first_difference(old: Any, new: dict[str, Any]) -> str:
+    if not isinstance(old, dict):
+        return "unreadable manifest"
+    for key in new:
+        if old.get(key) != new[key]:
+            if isinstance(new[key], dict) and isinstance(old.get(key), dict):
+                for sub in new[key]:
+                    if old[key].get(sub) != new[key][sub]:
+                        return f"{sub}: {old[key].get(sub)} then, {new[key][sub]} now"
+            if key == "tiles":
+                return "a different set of tiles"
+            return f"{key}: {old.get(key)} then, {new[key]} now"
+    return "unknown difference"
+
+
+def _tile_file(sidecar: Path, tile: Tile) -> Path:
+    return sidecar / f"{tile.name}.jsonl"
+
+
+def _copy_tile(path: Path, writer: GeoJSONDetectionWriter) -> dict[str, Any]:
+    """Stream one finished tile's features into the writer; returns its header."""
+    with open(path, encoding="utf-8") as fh:
+        header = json.loads(fh.readline())
+        writer.write_encoded(fh)
+    return header
+
+
+def _point_owners(
+    points: np.ndarray | None, plan: _Plan, working: WorkingLevel
+) -> dict[tuple[int, int], np.ndarray]:
+    """Level-pixel points grouped by the tile whose core holds them."""
+    if points is None or not len(points):
+        return {}
+    dx, dy = working.downsample
+    # Level-0 pixel centres -> level pixel centres.
+    level = np.column_stack([(points[:, 0] + 0.5) / dx - 0.5, (points[:, 1] + 0.5) / dy - 0.5])
+    cols = np.floor(level[:, 0] + 0.5)
+    rows = np.floor(level[:, 1] + 0.5)
+    owners: dict[tuple[int, int], np.ndarray] = {}
+    for tile in plan.todo:
+        inside = (
+            (cols >= tile.core_x[0])
+            & (cols < tile.core_x[1])
+            & (rows >= tile.core_y[0])
+            & (rows < tile.core_y[1])
+        )
+        if inside.any():
+            owners[(tile.row, tile.col)] = level[inside]
+    return owners
+
+
+def _predict_tile(
+    slide: Slide,
+    predictor: InstancePredictor,
+    tile: Tile,
+    plan: _Plan,
+    namespace: Any,
+    points: np.ndarray | None,
+) -> tuple[dict[str, Any], list[str]]:
+    """One tile -> (header, encoded features of the nuclei it owns)."""
+    working = plan.working
+    image = slide.read(working.level, tile.x, tile.y, tile.width, tile.height)
+    if working.scale != 1.0:
+        image = _resize(image, working.scale)
+    sx, sy = image.shape[1] / tile.width, image.shape[0] / tile.height
+    labels = np.asarray(predictor.predict_instances(image))
+    if labels.shape != image.shape[:2]:
+        raise ValueError(f"predictor returned a {labels.shape} map for a {image.shape[:2]} tile")
+    if labels.size and labels.min() < 0:
+        raise ValueError("predictor returned negative ids; 0 is background, 1..N nuclei")
+    if labels.size and labels.max() > labels.size:  # sparse huge ids: number them 1..N
+        labels = np.unique(labels, return_inverse=True)[1].reshape(labels.shape)
+    labels = labels.astype(np.int32, copy=False)
+    keep, dropped, reach = owned_nuclei(labels, tile, (sx, sy))
+    dx, dy = working.downsample
+    features = instance_features(
+        labels,
+        ids=keep,
+        offset=(tile.x * dx, tile.y * dy),
+        scale=(dx / sx, dy / sy),
+        mpp=slide.mpp,
+        namespace=namespace,
+    )
+    hits = 0
+    if points is not None:
+        c = np.clip(np.round((points[:, 0] - tile.x + 0.5) * sx - 0.5), 0, labels.shape[1] - 1)
+        r = np.clip(np.round((points[:, 1] - tile.y + 0.5) * sy - 0.5), 0, labels.shape[0] - 1)
+        hits = int((labels[r.astype(int), c.astype(int)] > 0).sum())
+    header = {
+        "tile": tile.name,
+        "nuclei": len(features),
+        "dropped_at_edge": dropped,
+        "largest_reach": round(reach, 2),
+        "points_in_nuclei": hits,
+    }
+    return header, [encode_feature(f) for f in features]
+
+
+def owned_nuclei(
+    labels: np.ndarray, tile: Tile, scale: tuple[float, float] = (1.0, 1.0)
+) -> tuple[list[int], int, float]:
+    """The ids a tile keeps (see the module notes), how many owned ones were cut, and reach.
+
+    Parameters
+    ----------
+    labels : ndarray ``(H, W)``
+        The tile's instance map, in model pixels.
+    tile : Tile
+        The tile (level pixels).
+    scale : (float, float)
+        Model pixels per level pixel, ``(x, y)``.
+
+    Returns
+    -------
+    keep : list of int
+        Ids whose centroid's nearest level pixel lies in the core and that do not touch
+        an inner tile edge.
+    dropped : int
+        Ids owned by the core but touching an inner edge (dropped).
+    reach : float
+        Largest horizontal or vertical distance (model px) from a kept nucleus's centroid
+        to one of its pixel centres.
+    """
+    h, w = labels.shape
+    flat = labels.ravel()
+    where = np.flatnonzero(flat)
+    if not where.size:
+        return [], 0, 0.0
+    ids = flat[where]
+    n = int(ids.max()) + 1
+    counts = np.bincount(ids, minlength=n)
+    present = np.flatnonzero(counts)
+    present = present[present > 0]
+    cy = np.bincount(ids, weights=where // w, minlength=n)[present] / counts[present]
+    cx = np.bincount(ids, weights=where % w, minlength=n)[present] / counts[present]
+    sx, sy = scale
+    # Model pixel centres -> level pixel centres -> nearest level pixel.
+    col = np.floor(tile.x + (cx + 0.5) / sx - 0.5 + 0.5)
+    row = np.floor(tile.y + (cy + 0.5) / sy - 0.5 + 0.5)
+    owned = (
+        (col >= tile.core_x[0])
+        & (col < tile.core_x[1])
+        & (row >= tile.core_y[0])
+        & (row < tile.core_y[1])
+    )
+    boxes = ndimage.find_objects(labels)
+    keep, dropped, reach = [], 0, 0.0
+    for label, is_owned, x, y in zip(present, owned, cx, cy, strict=True):
+        if not is_owned:
+            continue
+        ys, xs = boxes[label - 1]
+        cut = (
+            (xs.start == 0 and not tile.at_left)
+            or (ys.start == 0 and not tile.at_top)
+            or (xs.stop == w and not tile.at_right)
+            or (ys.stop == h and not tile.at_bottom)
+        )
+        if cut:
+            dropped += 1
+            continue
+        keep.append(int(label))
+        reach = max(reach, x - xs.start, xs.stop - 1 - x, y - ys.start, ys.stop - 1 - y)
+    return keep, dropped, reach
+
+
+def _resize(image: np.ndarray, scale: float) -> np.ndarray:
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
