@@ -34,4 +34,5 @@ def _few_threads():
         import torch
     except ImportError:
         return
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    # INSTASAM_TEST_THREADS=1 keeps the suite from fighting a benchmark for the same cores.
+    torch.set_num_threads(int(os.environ.get("INSTASAM_TEST_THREADS", min(2, os.cpu_count() or 1))))

@@ -369,7 +369,7 @@ def train(
         if payload["config"] != config.to_dict():
             raise ValueError(f"{run / LAST}: saved with a different configuration; use a new --out")
         model.load_state_dict(payload["state"], strict=False)
-        optimiser.load_state_dict(payload["optimizer"])
+        optimiser.load_state_dict(payload["optimiser"])
         scheduler.load_state_dict(payload["scheduler"])
         state = TrainState(**payload["train_state"])
         _restore_rng(rng, payload["rng"])
@@ -405,12 +405,12 @@ def train(
                 epoch_sums[name] = epoch_sums.get(name, 0.0) + value
             bar.set_postfix(loss=f"{losses['loss']:.3f}")
             bar.update()
-            if on_step is not None:
-                on_step(state, losses)
             if state.step_in_epoch % tc.checkpoint_every == 0 and state.step_in_epoch < steps:
                 state.seconds += time.perf_counter() - started
                 started = time.perf_counter()
                 _save_last(run, model, optimiser, scheduler, state, rng, epoch_sums)
+            if on_step is not None:  # after the checkpoint: a callback that stops loses nothing
+                on_step(state, losses)
         bar.close()
         scheduler.step()
         state.epoch += 1
