@@ -97,6 +97,7 @@ def experiment(args: argparse.Namespace, source: str, log: list[dict]) -> dict:
     ]
     if args.patience is not None:
         train_argv += ["--patience", str(args.patience)]
+    train_argv += ["--dist-loss", args.dist_loss]
     done_marker = run_dir / "done.json"
     if not done_marker.is_file():
         run(train_argv, log)
@@ -150,6 +151,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--val-from-epoch", type=int, default=2)
     parser.add_argument("--patience", type=int)
+    parser.add_argument("--dist-loss", choices=("smooth_l1", "l1"), default="smooth_l1")
     args = parser.parse_args()
     torch.set_num_threads(2)
     started = time.perf_counter()

@@ -135,8 +135,13 @@ class LossConfig:
     w_prompt: float = 1.0
     w_fg: float = 1.0
     w_dist: float = 5.0
-    # Paper: L1. Authors' code: SmoothL1.
-    dist_loss: Literal["l1", "smooth_l1"] = "l1"
+    # Paper: L1. Authors' code: SmoothL1, our default. Measured on a 256-px MoNuSeg crop,
+    # nuclei decoder alone on frozen LiteMedSAM features, 60 AdamW steps at 1e-4: with L1
+    # the distance maps never left 0 (L1 0.0776 -> 0.0778, the loss of predicting 0: the
+    # 90 % of pixels outside nuclei pull every pixel back with the same force), with
+    # SmoothL1 the loss fell by a third (0.0242 -> 0.0154). A Kumar run trained with L1
+    # predicted flat distance maps, and its watershed cut nuclei at random.
+    dist_loss: Literal["l1", "smooth_l1"] = "smooth_l1"
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--patience", type=int, help="stop after this many epochs without a better val AJI"
     )
+    p.add_argument(
+        "--dist-loss",
+        choices=("smooth_l1", "l1"),
+        help="loss on the distance maps: smooth_l1 (the authors' code, default) or l1 (the "
+        "paper's text)",
+    )
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--config", type=Path, help="JSON configuration (as written to RUN/config.json)")
@@ -65,7 +71,10 @@ def config_from_args(args: argparse.Namespace) -> InstaSAMConfig:
         "num_threads": args.threads,
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    return replace(config, train=replace(config.train, **overrides))
+    config = replace(config, train=replace(config.train, **overrides))
+    if args.dist_loss:
+        config = replace(config, loss=replace(config.loss, dist_loss=args.dist_loss))
+    return config
 
 
 def run(args: argparse.Namespace) -> int:
