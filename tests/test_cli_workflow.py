@@ -65,7 +65,7 @@ def test_train_predict_postprocess_evaluate(prepared, capsys):
     again = prepared / "again"
     assert main(["postprocess", str(pred / "maps"), "--out", str(again)]) == 0
     # Same maps, same default thresholds: the same instances as predict wrote.
-    assert np.array_equal(read_label_map(again / f"{stem}.tif") > 0, labels > 0)
+    assert np.array_equal(read_label_map(again / f"{stem}.tif"), labels)
     result = prepared / "metrics.json"
     gt = str(prepared / "test" / "labels")
     assert main(["evaluate", "--gt", gt, "--pred", str(pred), "--json", str(result)]) == 0

@@ -1,8 +1,9 @@
 """Saved network outputs: foreground probability and distance maps of one image (``.npz``).
 
 ``instasam predict --save-maps`` writes them so that post-processing can be re-run with
-other thresholds (``instasam postprocess``) without the model. float16 keeps a 1000x1000
-tile near 3 MB compressed; the post-processing does not need more precision.
+other thresholds (``instasam postprocess``) without the model. They are kept as float32,
+as predicted: float16 moved pixels across the foreground threshold, so that post-processing
+the saved maps with the same settings did not give back the same instances.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ MAP_KEYS = ("foreground", "hv")
 
 
 def write_maps(path: str | os.PathLike, foreground: np.ndarray, hv: np.ndarray) -> None:
-    """Write ``foreground`` ``(H, W)`` and ``hv`` ``(2, H, W)`` as float16, atomically."""
+    """Write ``foreground`` ``(H, W)`` and ``hv`` ``(2, H, W)`` as float32, atomically."""
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez_compressed(fh, foreground=foreground.astype(np.float16), hv=hv.astype(np.float16))
+        np.savez_compressed(fh, foreground=foreground.astype(np.float32), hv=hv.astype(np.float32))
 
 
 def read_maps(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
