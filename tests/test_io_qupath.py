@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import uuid
 
 import numpy as np
@@ -199,7 +198,8 @@ def test_holes_filled_and_largest_piece_kept():
     assert diagonal["properties"]["measurements"]["Area px^2"] == 2
 
 
-def test_many_nuclei_are_outlined_quickly():
+def test_a_tile_of_many_nuclei_gives_one_feature_each_with_its_area():
+    # Speed on such a tile is measured by benchmarks/bench_wsi.py, not here.
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:1000, 0:1000]
     labels = np.zeros((1000, 1000), dtype=np.int32)
@@ -210,11 +210,10 @@ def test_many_nuclei_are_outlined_quickly():
             r = rng.uniform(5, 14)
             box = (slice(cy - 15, cy + 16), slice(cx - 15, cx + 16))
             labels[box][(yy[box] - cy) ** 2 + (xx[box] - cx) ** 2 <= r * r] = k
-    start = time.perf_counter()
     features = instance_features(labels, mpp=0.25, namespace=id_namespace("t"))
-    elapsed = time.perf_counter() - start
     assert len(features) == k >= 700
-    assert elapsed < 1.0  # ~0.1 s on one busy core
+    areas = sorted(f["properties"]["measurements"]["Area px^2"] for f in features)
+    assert areas == sorted(np.bincount(labels.ravel())[1:].tolist())
 
 
 # --- streaming writer ------------------------------------------------------------------------

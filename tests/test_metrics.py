@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from fractions import Fraction
 
 import numpy as np
@@ -400,21 +399,3 @@ def test_hungarian_clusters_match_reference():
     pred[:, :2] = 0
     pred[1, :] = np.roll(pred[1, :], 1)
     assert aji_plus(gt, pred) == pytest.approx(slow_metrics(gt, pred)["aji_plus"], abs=1e-12)
-
-
-# --------------------------------------------------------------------------- speed
-
-
-def test_speed_on_a_1000_square_tile_with_700_nuclei():
-    rng = np.random.default_rng(5)
-    gt = random_labels(rng, shape=(1000, 1000), n=700, max_id=50_000)
-    pred = perturbed(rng, gt)
-    compute_metrics(gt, pred)
-    best = min(_timed(compute_metrics, gt, pred) for _ in range(3))
-    assert best < 1.0, f"compute_metrics took {best:.3f} s"
-
-
-def _timed(fn, *args) -> float:
-    start = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - start

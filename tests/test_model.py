@@ -187,3 +187,87 @@ def test_checkpoint_of_the_wrong_kind_is_an_input_error(tmp_path):
         load_model(path)
     with pytest.raises(InputError, match="not found"):
         load_model(tmp_path / "missing.pt")
+
+
+def _disk_features_and_targets(channels: int = 32):
+    """Features that say only "inside a nucleus" (as SAM's do) and the HV targets."""
+    from instasam.targets import hv_maps
+
+    yy, xx = np.mgrid[:64, :64]
+    labels = np.zeros((64, 64), np.int32)
+    for k, (cy, cx) in enumerate([(16, 16), (16, 46), (46, 20), (44, 48)], start=1):
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= 8**2] = k
+    inside = torch.from_numpy(labels > 0).float()
+    rng = torch.Generator().manual_seed(0)
+    gains = torch.randn(channels, 1, 1, generator=rng)
+    features = (gains * inside + 0.01 * torch.randn(channels, 64, 64, generator=rng))[None]
+    return features, torch.from_numpy(hv_maps(labels))[None], labels > 0
+
+
+def _fit(module: torch.nn.Module, features, target, steps: int = 150) -> torch.Tensor:
+    optimiser = torch.optim.Adam(module.parameters(), lr=3e-3)
+    for _ in range(steps):
+        optimiser.zero_grad()
+        loss = torch.nn.functional.smooth_l1_loss(module(features), target)
+        loss.backward()
+        optimiser.step()
+    with torch.no_grad():
+        return module(features)
+
+
+def _correlation(pred: torch.Tensor, target: torch.Tensor, inside: np.ndarray) -> float:
+    p, t = pred[0].numpy()[:, inside].ravel(), target[0].numpy()[:, inside].ravel()
+    return 0.0 if p.std() == 0 else float(np.corrcoef(p, t)[0, 1])
+
+
+def test_distance_branch_learns_where_a_pixel_lies_in_its_nucleus():
+    from instasam.model.nuclei_decoder import DistanceBranch
+
+    torch.manual_seed(0)
+    features, target, inside = _disk_features_and_targets()
+    branch = DistanceBranch(features.shape[1])
+    with torch.no_grad():
+        assert branch(features).abs().max() == 0  # starts flat at the background target
+    assert _correlation(_fit(branch, features, target), target, inside) > 0.8
+
+
+def test_channel_weighting_alone_cannot_make_distance_maps():
+    # What a hypernetwork head computes: one weighted sum of the channels per image. On
+    # features that only say "inside", it cannot follow the targets (the reason for the
+    # conv branch); the branch above can, from the same features.
+    torch.manual_seed(0)
+    features, target, inside = _disk_features_and_targets()
+    weighting = torch.nn.Conv2d(features.shape[1], 2, kernel_size=1)
+    assert abs(_correlation(_fit(weighting, features, target), target, inside)) < 0.2
+
+
+@pytest.mark.parametrize("head", ["conv", "hypernetwork"])
+def test_both_distance_heads_build_and_round_trip(tmp_path, head):
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    config = InstaSAMConfig(train=TrainConfig(backbone="litemedsam_tiny"))
+    config = replace(config, decoder=replace(config.decoder, distance_head=head))
+    model = build_model(config).eval()
+    assert (model.nuclei_decoder.distance_branch is not None) == (head == "conv")
+    x = torch.rand(1, 3, 64, 64) * 255
+    with torch.no_grad():
+        out = model(x)
+    assert out.shape == (1, 3, 64, 64)
+    save_checkpoint(tmp_path / "m.pt", model)
+    with torch.no_grad():
+        assert torch.allclose(load_model(tmp_path / "m.pt")(x), out, atol=1e-6)
+
+
+def test_checkpoint_from_before_distance_head_loads_as_hypernetwork(tmp_path):
+    from dataclasses import replace
+
+    torch.manual_seed(0)
+    config = InstaSAMConfig(train=TrainConfig(backbone="litemedsam_tiny"))
+    old_style = replace(config.decoder, distance_head="hypernetwork")
+    model = build_model(replace(config, decoder=old_style))
+    save_checkpoint(tmp_path / "old.pt", model)
+    payload = torch.load(tmp_path / "old.pt", weights_only=False)
+    del payload["config"]["decoder"]["distance_head"]  # as written by earlier versions
+    torch.save(payload, tmp_path / "old.pt")
+    assert load_model(tmp_path / "old.pt").config.decoder.distance_head == "hypernetwork"

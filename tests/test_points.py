@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -58,7 +56,7 @@ def test_huge_sparse_ids_and_a_map_without_background():
     assert np.allclose(points_from_instances(full)[0], [[1.0, 1.5], [4.0, 1.5]])
 
 
-def test_a_thousand_nuclei_are_fast_and_every_point_is_inside_its_nucleus():
+def test_every_point_of_a_thousand_nuclei_is_inside_its_nucleus():
     rng = np.random.default_rng(0)
     labels = np.zeros((1000, 1000), np.int32)
     yy, xx = np.mgrid[:13, :13]
@@ -67,13 +65,10 @@ def test_a_thousand_nuclei_are_fast_and_every_point_is_inside_its_nucleus():
         patch = labels[r : r + 13, c : c + 13]
         patch[disk[: patch.shape[0], : patch.shape[1]]] = k * 3  # ids with gaps
     labels[rng.random(labels.shape) < 0.001] = 0  # holes
-    start = time.perf_counter()
     points, ids = points_from_instances(labels)
-    elapsed = time.perf_counter() - start
     assert len(ids) == 1000
     rows, cols = np.round(points[:, 1]).astype(int), np.round(points[:, 0]).astype(int)
     assert (labels[rows, cols] == ids).all()
-    assert elapsed < 1.0, elapsed  # about 0.03 s on one core
 
 
 @pytest.mark.realdata

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 
 import numpy as np
@@ -172,12 +171,10 @@ def test_kmeans_recovers_separated_clusters():
     assert np.array_equal(centres, kmeans(x, 3, n_init=3, seed=0))
 
 
-def test_a_1000_pixel_tile_with_700_points_takes_seconds():
+def test_a_1000_pixel_tile_with_700_points_finds_its_nuclei():
+    # Its speed is measured by benchmarks/pseudo_quality.py, not here.
     image, gt, points = _disks(n_side=26, spacing=38, radius=8, seed=1)  # 988 x 988, 676
-    started = time.perf_counter()
     labels = cluster_voronoi_labels(image, points)
-    seconds = time.perf_counter() - started
-    assert seconds < 15, seconds  # about 1.5 s on 2 busy cores
     assert (_ious(labels, gt, len(points)) > 0.5).mean() > 0.9
 
 

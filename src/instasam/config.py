@@ -94,6 +94,15 @@ class NucleiDecoderConfig:
 
     use_early_features: bool = True  # HQ-style fusion of an early encoder stage
     init_from_mask_decoder: bool = True  # start its transformer from SAM's decoder weights
+    # How the two distance maps are read out of the upscaled embedding. "hypernetwork":
+    # like the foreground, one token whose MLP gives per-image channel weights (SAM's and
+    # the authors' form). "conv": a small dilated convolution branch (ours, default). A
+    # per-image weighted sum of SAM's feature channels hardly makes a map that runs from -1
+    # to 1 across every nucleus. Measured on a 512-px Kumar test crop (target std 0.53
+    # inside nuclei) after Kumar runs with hypernetwork heads: L1 loss, 8 epochs: std
+    # 0.001; SmoothL1, 6 epochs: std 0.07, correlation with the target 0.49. On one crop
+    # with frozen features, 60 steps: correlation 0.52 (hypernetwork) vs 0.84 (conv).
+    distance_head: Literal["conv", "hypernetwork"] = "conv"
 
 
 @dataclass(frozen=True)
@@ -140,7 +149,7 @@ class LossConfig:
     # the distance maps never left 0 (L1 0.0776 -> 0.0778, the loss of predicting 0: the
     # 90 % of pixels outside nuclei pull every pixel back with the same force), with
     # SmoothL1 the loss fell by a third (0.0242 -> 0.0154). A Kumar run trained with L1
-    # predicted flat distance maps, and its watershed cut nuclei at random.
+    # (and hypernetwork distance heads) predicted flat distance maps.
     dist_loss: Literal["l1", "smooth_l1"] = "smooth_l1"
 
 

@@ -73,6 +73,7 @@ class InstaSAM(nn.Module):
             backbone.mask_decoder,
             early_channels=early,
             init_from_mask_decoder=self.config.decoder.init_from_mask_decoder,
+            distance_head=self.config.decoder.distance_head,
         )
         for module in (self.frozen_mask_decoder, backbone.prompt_encoder):
             for p in module.parameters():
@@ -282,7 +283,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 def load_model(path: str | os.PathLike, backbone_checkpoint: str | None = None) -> InstaSAM:
     """Rebuild a trained model: the backbone from its source, the rest from ``path``."""
     payload = read_checkpoint(path)
-    config = InstaSAMConfig.from_dict(payload["config"])
+    config = InstaSAMConfig.from_dict(_with_old_defaults(payload["config"]))
     # A model trained on random backbone weights is rebuilt on the same random weights.
     pretrained = bool(payload.get("backbone_pretrained", True)) or backbone_checkpoint is not None
     model = build_model(config, checkpoint=backbone_checkpoint, pretrained=pretrained)
@@ -297,6 +298,13 @@ def load_model(path: str | os.PathLike, backbone_checkpoint: str | None = None) 
         )
     model.eval()
     return model
+
+
+def _with_old_defaults(config: dict) -> dict:
+    """Checkpoints saved before ``decoder.distance_head`` existed used hypernetwork heads."""
+    decoder = config.setdefault("decoder", {})
+    decoder.setdefault("distance_head", "hypernetwork")
+    return config
 
 
 def image_to_tensor(image: np.ndarray) -> torch.Tensor:

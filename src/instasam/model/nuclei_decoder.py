@@ -5,6 +5,14 @@ image embedding, then hypernetwork heads on an upscaled embedding) with its own 
 one for the foreground, one per distance map - and no prompts: the dense prompt is SAM's
 ``no_mask`` embedding. Features of an early encoder stage are fused into the upscaled
 embedding (the role of HQ-SAM's extra tokens in the authors' model) for sharper borders.
+
+By default the distance maps come from a small convolution branch on the upscaled
+embedding instead of hypernetwork tokens (``NucleiDecoderConfig.distance_head``). A
+hypernetwork output is one weighted sum of the embedding's channels per image; the
+distance target runs from -1 to 1 across every nucleus, and SAM's channels describe
+"inside a nucleus", not "left or right of its centre", so the weighted sum stays flat
+and its gradient cancels between the two halves of each nucleus. Convolutions see the
+neighbourhood and so can measure where a pixel lies within its nucleus.
 """
 
 from __future__ import annotations
@@ -21,6 +29,31 @@ from torch.nn import functional as F
 #: Output channels: foreground logit, horizontal and vertical distance.
 MAP_NAMES = ("foreground", "horizontal", "vertical")
 
+#: Dilations of the distance branch's 3x3 convolutions: a 31-pixel receptive field on the
+#: upscaled embedding (a nucleus at 40x is about 10-30 pixels across).
+DISTANCE_DILATIONS = (1, 2, 4, 8)
+
+
+class DistanceBranch(nn.Sequential):
+    """Dilated 3x3 convolutions, ``(B, C, H, W)`` features -> ``(B, 2, H, W)`` distances.
+
+    The last layer starts at zero, so the maps start flat at 0 (the target outside
+    nuclei); its gradient is not zero, because the hidden features vary across a nucleus.
+    """
+
+    def __init__(self, channels: int) -> None:
+        layers: list[nn.Module] = []
+        for dilation in DISTANCE_DILATIONS:
+            layers += [
+                nn.Conv2d(channels, channels, 3, padding=dilation, dilation=dilation),
+                LayerNorm2d(channels),
+                nn.GELU(),
+            ]
+        out = nn.Conv2d(channels, len(MAP_NAMES) - 1, kernel_size=1)
+        nn.init.zeros_(out.weight)
+        nn.init.zeros_(out.bias)
+        super().__init__(*layers, out)
+
 
 class NucleiDecoder(nn.Module):
     """Predicts ``(B, 3, 4E, 4E)`` maps from an ``(B, 256, E, E)`` embedding.
@@ -34,6 +67,9 @@ class NucleiDecoder(nn.Module):
         Channels of the early encoder features to fuse (None: no fusion).
     init_from_mask_decoder : bool
         Start from SAM's decoder weights rather than from random ones.
+    distance_head : {"conv", "hypernetwork"}
+        Read the distance maps out with a :class:`DistanceBranch` or with hypernetwork
+        tokens like the foreground.
     """
 
     def __init__(
@@ -41,6 +77,7 @@ class NucleiDecoder(nn.Module):
         mask_decoder: MaskDecoder,
         early_channels: int | None = None,
         init_from_mask_decoder: bool = True,
+        distance_head: str = "conv",
     ) -> None:
         super().__init__()
         dim = mask_decoder.transformer_dim
@@ -50,8 +87,12 @@ class NucleiDecoder(nn.Module):
             for module in (*self.transformer.modules(), *self.output_upscaling.modules()):
                 if hasattr(module, "reset_parameters") and module is not self:
                     module.reset_parameters()
-        self.output_tokens = nn.Embedding(len(MAP_NAMES), dim)
-        self.heads = nn.ModuleList(MLP(dim, dim, dim // 8, 3) for _ in MAP_NAMES)
+        if distance_head not in ("conv", "hypernetwork"):
+            raise ValueError(f"unknown distance head {distance_head!r}")
+        n_tokens = 1 if distance_head == "conv" else len(MAP_NAMES)
+        self.output_tokens = nn.Embedding(n_tokens, dim)
+        self.heads = nn.ModuleList(MLP(dim, dim, dim // 8, 3) for _ in range(n_tokens))
+        self.distance_branch = DistanceBranch(dim // 8) if distance_head == "conv" else None
         if init_from_mask_decoder:
             self._start_from_mask_token(mask_decoder)
         self.early_fusion = None
@@ -105,4 +146,7 @@ class NucleiDecoder(nn.Module):
             upscaled = upscaled + fused
         weights = torch.stack([head(hs[:, i]) for i, head in enumerate(self.heads)], dim=1)
         b, c, h, w = upscaled.shape
-        return (weights @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
+        maps = (weights @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
+        if self.distance_branch is not None:
+            maps = torch.cat([maps, self.distance_branch(upscaled)], dim=1)
+        return maps
