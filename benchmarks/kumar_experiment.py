@@ -149,7 +149,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--steps-per-epoch", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--val-from-epoch", type=int, default=2)
+    parser.add_argument("--val-from-epoch", type=int, default=4)
     parser.add_argument("--patience", type=int)
     parser.add_argument("--dist-loss", choices=("smooth_l1", "l1"), default="smooth_l1")
     args = parser.parse_args()
