@@ -9,7 +9,8 @@ tiles, then for each label source trains, predicts the test tiles and evaluates 
 
 Every stage is a plain ``instasam`` command, printed before it runs; finished stages are
 skipped on a rerun (training resumes from its last checkpoint), so an interrupted
-experiment continues where it stopped. Results: ``OUT/summary.json`` and a Markdown table.
+experiment continues where it stopped. Results: ``OUT/summary.json`` and a Markdown table;
+sources run in separate invocations with the same settings are merged into one summary.
 
     python benchmarks/kumar_experiment.py --monuseg ../shared/data/monuseg --out bench_out/kumar
 """
@@ -27,6 +28,7 @@ from pathlib import Path
 import torch
 
 from instasam.cli import main as instasam
+from instasam.io.atomic import write_text_atomic
 
 PAPER = {  # Dice_obj / AJI (%) on MoNuSeg, Nam et al. 2024, Table 1-3
     "sam": (77.2, 57.4),
@@ -157,18 +159,37 @@ def main() -> None:
     started = time.perf_counter()
     log: list[dict] = []
     prepare(args.monuseg, args.out, log)
+    settings = vars(args) | {"monuseg": str(args.monuseg), "out": str(args.out)}
     summary = {
         "machine": f"{platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} torch threads",
-        "settings": vars(args) | {"monuseg": str(args.monuseg), "out": str(args.out)},
-        "runs": {},
+        "settings": settings,
+        "runs": earlier_runs(args.out / "summary.json", settings),
+        "prepare_stages": log,
     }
     for source in args.sources:
-        summary["runs"][source] = experiment(args, source, log)
-    summary["stages"] = log
+        source_started, stages = time.perf_counter(), []
+        summary["runs"][source] = experiment(args, source, stages)
+        summary["runs"][source]["stages"] = stages
+        summary["runs"][source]["wall_seconds"] = round(time.perf_counter() - source_started, 1)
+    summary["settings"]["sources"] = list(summary["runs"])
     summary["wall_seconds_this_invocation"] = round(time.perf_counter() - started, 1)
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    write_text_atomic(args.out / "summary.json", json.dumps(summary, indent=2, default=str))
     print("\n" + markdown(summary))
+
+
+def earlier_runs(path: Path, settings: dict) -> dict:
+    """Runs of an earlier invocation into the same OUT, kept when only the sources differ."""
+    if not path.is_file():
+        return {}
+    earlier = json.loads(path.read_text())
+    ignore = {"sources"}
+    old = {k: v for k, v in earlier.get("settings", {}).items() if k not in ignore}
+    new = {k: v for k, v in settings.items() if k not in ignore}
+    if old != new:
+        print(f"note: {path} was made with other settings; its runs are not merged")
+        return {}
+    return earlier.get("runs", {})
 
 
 if __name__ == "__main__":

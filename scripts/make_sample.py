@@ -34,14 +34,15 @@ def clip_polygon(
     for axis, bound, keep_above in edges:
         if not points:
             break
-        inside = (lambda p: p[axis] >= bound) if keep_above else (lambda p: p[axis] <= bound)
+        sign = 1.0 if keep_above else -1.0
         out = []
         for i, cur in enumerate(points):
             prev = points[i - 1]
-            if inside(cur) != inside(prev):
+            cur_in = sign * (cur[axis] - bound) >= 0
+            if cur_in != (sign * (prev[axis] - bound) >= 0):
                 t = (bound - prev[axis]) / (cur[axis] - prev[axis])
                 out.append(tuple(prev[k] + t * (cur[k] - prev[k]) for k in range(2)))
-            if inside(cur):
+            if cur_in:
                 out.append(cur)
         points = out
     return points
