@@ -123,7 +123,7 @@ def main() -> None:
         mean = mean_scores(per_tile.values())
         summary[source] = {
             "mean": mean,
-            # S' on the val tiles is the fair figure: the adapters never saw them.
+            # S' on the val tiles is the fair figure: the adapters were never trained on them.
             "mean_by_subset": {
                 subset: mean_scores(per_tile[s] for s in split[subset] if s in per_tile)
                 for subset in ("train", "val")
