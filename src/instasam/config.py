@@ -202,6 +202,63 @@ class PredictConfig:
 
 
 @dataclass(frozen=True)
+class NucleiNetConfig:
+    """The full-resolution nuclei network (:mod:`instasam.model.unet`); ours, not the paper's."""
+
+    widths: tuple[int, ...] = (24, 48, 96, 192)  # channels per U-Net level
+
+
+@dataclass(frozen=True)
+class NetTrainConfig:
+    """Training of the nuclei network on fixed labels (S, cluster+Voronoi or ground truth).
+
+    Ours: the paper trains SAM's adapters and decoders (:class:`TrainConfig`). Budget and
+    rates were chosen on the Kumar validation tiles (see the README's results).
+    """
+
+    labels: Literal["sam", "cv", "gt"] = "sam"
+    steps: int = 3000
+    batch_size: int = 8
+    crop_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100  # linear warm-up, then cosine to ``lr * 1e-2``
+    ema_decay: float = 0.998  # validation and the saved model use the averaged weights
+    val_every: int = 250  # optimiser steps; validation runs whenever validation data is given
+    checkpoint_every: int = 50
+    # Stain and colour variation: haematoxylin/eosin/DAB optical densities scaled by
+    # 1 +- ``hed_scale`` and shifted by +- ``hed_shift``; brightness/contrast +- ``intensity``.
+    hed_scale: float = 0.2
+    hed_shift: float = 0.03
+    intensity: float = 0.15
+    # A point whose nucleus S left unlabelled says there IS a nucleus there: its
+    # neighbourhood (this radius, px) is ignored instead of taught as background.
+    unlabelled_point_radius: float = 8.0
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 where the CPU has it
+    seed: int = 0
+    mpp: float | None = 0.25  # microns per pixel of the training images (MoNuSeg, 40x)
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """Everything a nuclei-network run needs, saved in its checkpoints."""
+
+    net: NucleiNetConfig = field(default_factory=NucleiNetConfig)
+    train: NetTrainConfig = field(default_factory=NetTrainConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    targets: TargetConfig = field(default_factory=TargetConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> NetConfig:
+        return _sections_from_dict(cls, data)
+
+
+@dataclass(frozen=True)
 class InstaSAMConfig:
     """Everything a run needs, saved beside its checkpoints."""
 
@@ -222,15 +279,20 @@ class InstaSAMConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InstaSAMConfig:
         """Rebuild from :meth:`to_dict` output; unknown keys are an error, missing keys default."""
-        kwargs = {}
-        for f in fields(cls):
-            if f.name in data:
-                sub_cls = type(f.default_factory())  # type: ignore[misc]
-                kwargs[f.name] = _dataclass_from_dict(sub_cls, data[f.name])
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown configuration sections: {sorted(unknown)}")
-        return cls(**kwargs)
+        return _sections_from_dict(cls, data)
+
+
+def _sections_from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """A configuration of sections from nested dicts; unknown keys are an error."""
+    kwargs = {}
+    for f in fields(cls):
+        if f.name in data:
+            sub_cls = type(f.default_factory())  # type: ignore[misc]
+            kwargs[f.name] = _dataclass_from_dict(sub_cls, data[f.name])
+    unknown = set(data) - {f.name for f in fields(cls)}
+    if unknown:
+        raise ValueError(f"unknown configuration sections: {sorted(unknown)}")
+    return cls(**kwargs)
 
 
 def _dataclass_from_dict(cls: type, data: dict[str, Any]) -> Any:
@@ -247,7 +309,10 @@ __all__ = [
     "AugmentConfig",
     "InstaSAMConfig",
     "LossConfig",
+    "NetConfig",
+    "NetTrainConfig",
     "NucleiDecoderConfig",
+    "NucleiNetConfig",
     "PostprocessConfig",
     "PredictConfig",
     "PseudoLabelConfig",

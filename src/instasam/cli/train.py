@@ -1,4 +1,10 @@
-"""``instasam train``: train InstaSAM on a prepared folder (images, points, optional labels)."""
+"""``instasam train``: train on a prepared folder (images, points, optional labels).
+
+Two architectures share the labels and the losses: ``--arch net`` (default), the
+full-resolution nuclei network trained on fixed pseudo labels (what ships as
+``monuseg-points``), and ``--arch instasam``, the paper's adapters + decoders on SAM's
+embedding.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +21,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train",
         help="train on images + one point per nucleus",
-        description="Train InstaSAM. DATA holds images/, points/ (one CSV or GeoJSON per image) "
-        "and, for --pseudo gt or validation, labels/. The best-validation model is RUN/model.pt.",
+        description="Train a nuclei model. DATA holds images/, points/ (one CSV or GeoJSON per "
+        "image) and, for --pseudo gt or validation, labels/. The best-validation model is "
+        "RUN/model.pt.",
+    )
+    p.add_argument(
+        "--arch",
+        choices=("net", "instasam"),
+        default="net",
+        help="net: the full-resolution nuclei network on the pseudo labels (default; what "
+        "ships); instasam: the paper's adapters and decoders on SAM's embedding",
     )
     p.add_argument("--data", required=True, type=Path, help="prepared training folder")
     p.add_argument("--out", required=True, type=Path, help="run folder (checkpoints, logs)")
@@ -45,6 +59,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
+    net = p.add_argument_group("--arch net")
+    net.add_argument("--steps", type=int, help="optimiser steps (default 3000)")
+    net.add_argument(
+        "--init",
+        help="start from a trained network: a shipped model's name (see `instasam models`) "
+        "or a model.pt (fine-tuning)",
+    )
+    net.add_argument(
+        "--labels-from",
+        type=Path,
+        help="read the fixed labels from a folder written by `instasam pseudo` on DATA "
+        "instead of computing them",
+    )
+    net.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="auto: bf16 where the CPU has native bf16 (AVX-512 BF16/AMX), else fp32",
+    )
     p.add_argument("--config", type=Path, help="JSON configuration (as written to RUN/config.json)")
     p.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -78,6 +111,10 @@ def config_from_args(args: argparse.Namespace) -> InstaSAMConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.arch == "net":
+        from instasam.cli.train_net import run_net
+
+        return run_net(args)
     import torch  # heavy imports stay out of `instasam --help`
     from tqdm.auto import tqdm
 

@@ -266,16 +266,25 @@ def save_checkpoint(path: str | os.PathLike, model: InstaSAM, **extra: Any) -> N
         torch.save(payload, tmp)
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`, or raise :class:`InputError`."""
+def load_payload(path: str | os.PathLike) -> dict[str, Any]:
+    """The dict saved in a checkpoint file of any kind, or :class:`InputError`."""
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "model checkpoint not found")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # torch raises many types for a damaged file
-        raise InputError(path, f"cannot read model checkpoint ({exc.__class__.__name__})") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(path, f"cannot read model checkpoint: {reason}") from None
+    if not isinstance(payload, dict):
+        raise InputError(path, "not an instasam checkpoint (train one with `instasam train`)")
+    return payload
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`, or raise :class:`InputError`."""
+    payload = load_payload(path)
+    if payload.get("format") != CHECKPOINT_FORMAT:
         raise InputError(path, "not an instasam checkpoint (train one with `instasam train`)")
     return payload
 

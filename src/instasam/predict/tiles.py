@@ -16,9 +16,12 @@ import torch
 from tqdm.auto import tqdm
 
 from instasam.config import PostprocessConfig, PredictConfig
-from instasam.model.instasam import InstaSAM, load_model
+from instasam.model.instasam import InstaSAM, image_to_tensor, load_model, load_payload
+from instasam.model.unet import NucleiUNet, is_net_checkpoint, net_from_payload
 from instasam.postprocess import instances_from_maps
+from instasam.pretrained import resolve_model
 from instasam.tiling import pad_to, windows
+from instasam.training.precision import autocast, resolve_precision
 
 
 @torch.no_grad()
@@ -82,8 +85,22 @@ def load_predictor(
     config: PredictConfig | None = None,
     postprocess: PostprocessConfig | None = None,
     backbone_checkpoint: str | None = None,
-) -> ModelPredictor:
-    """Load ``RUN/model.pt`` as a predictor (settings default to those saved with it)."""
+    precision: str = "auto",
+    flips: bool = False,
+) -> ModelPredictor | NetPredictor:
+    """Load a model as a predictor: a shipped model's name, a nuclei network's or an
+    InstaSAM run's ``model.pt``. Settings default to those saved with the model."""
+    path = resolve_model(path)
+    payload = load_payload(path)
+    if is_net_checkpoint(payload):
+        net, net_config = net_from_payload(payload, path)
+        return NetPredictor(
+            net=net,
+            postprocess=postprocess or net_config.postprocess,
+            mpp=net_config.train.mpp,
+            precision=resolve_precision(precision),
+            flips=flips,
+        )
     model = load_model(path, backbone_checkpoint=backbone_checkpoint)
     return ModelPredictor(
         model=model,
@@ -91,3 +108,73 @@ def load_predictor(
         postprocess=postprocess or model.config.postprocess,
         mpp=model.config.train.mpp,
     )
+
+
+# -- the full-resolution nuclei network ----------------------------------------------------
+NET_WINDOW = 1024  # larger images go through in windows this big, to bound memory
+NET_OVERLAP = 64  # more than the network's receptive-field margin that matters (see tests)
+
+
+@torch.no_grad()
+def predict_net_maps(
+    net: NucleiUNet,
+    image: np.ndarray,
+    precision: str = "fp32",
+    flips: bool = False,
+    window: int = NET_WINDOW,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Foreground probability ``(H, W)`` and distance maps ``(2, H, W)`` from the network.
+
+    An image up to ``window`` px a side is one forward pass; a larger one is cut into
+    overlapping windows whose cores are stitched. ``flips`` averages the maps of the image
+    and its three flips (the distance maps' signs turned back), at 4x the cost.
+    """
+    h, w = image.shape[:2]
+    if h <= window and w <= window:
+        return _net_maps_once(net, image, precision, flips)
+    fg = np.zeros((h, w), dtype=np.float32)
+    hv = np.zeros((2, h, w), dtype=np.float32)
+    padded = pad_to(image, window)
+    for win in windows((h, w), window, NET_OVERLAP):
+        f, d = _net_maps_once(net, win.crop(padded), precision, flips)
+        fg[win.core_slices] = f[win.core_local]
+        hv[(slice(None), *win.core_slices)] = d[(slice(None), *win.core_local)]
+    return fg, hv
+
+
+def _net_maps_once(
+    net: NucleiUNet, image: np.ndarray, precision: str, flips: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    rgb = image_to_tensor(image)
+    # (flip dims, sign of h, sign of v): a flip along x mirrors the horizontal map's sign.
+    variants = [((), 1.0, 1.0)]
+    if flips:
+        variants += [((3,), -1.0, 1.0), ((2,), 1.0, -1.0), ((2, 3), -1.0, -1.0)]
+    total = None
+    for dims, sh, sv in variants:
+        x = rgb.flip(dims) if dims else rgb
+        with autocast(precision):
+            out = net.forward_any(x).float()
+        out = out.flip(dims) if dims else out
+        out = torch.cat([torch.sigmoid(out[:, :1]), out[:, 1:2] * sh, out[:, 2:3] * sv], dim=1)
+        total = out if total is None else total + out
+    maps = (total / len(variants))[0].numpy()
+    return np.ascontiguousarray(maps[0]), np.ascontiguousarray(maps[1:])
+
+
+@dataclass
+class NetPredictor:
+    """The nuclei network behind the :class:`~instasam.predict.InstancePredictor` protocol."""
+
+    net: NucleiUNet
+    postprocess: PostprocessConfig
+    mpp: float | None
+    precision: str = "fp32"
+    flips: bool = False
+
+    def predict_maps(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return predict_net_maps(self.net, image, self.precision, self.flips)
+
+    def predict_instances(self, image: np.ndarray) -> np.ndarray:
+        fg, hv = self.predict_maps(image)
+        return instances_from_maps(fg, hv, self.postprocess)

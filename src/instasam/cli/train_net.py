@@ -1,0 +1,128 @@
+"""``instasam train --arch net``: the full-resolution nuclei network on fixed labels."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+
+import numpy as np
+
+from instasam.config import InstaSAMConfig, NetConfig
+from instasam.errors import InputError
+
+
+def net_config_from_args(args: argparse.Namespace) -> NetConfig:
+    config = NetConfig()
+    if args.config:
+        try:
+            config = NetConfig.from_dict(json.loads(args.config.read_text()))
+        except (OSError, ValueError, TypeError) as exc:
+            raise InputError(args.config, f"bad configuration ({exc})") from None
+    overrides = {
+        "labels": args.pseudo,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "seed": args.seed,
+        "precision": args.precision,
+    }
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    config = replace(config, train=replace(config.train, **overrides))
+    if args.dist_loss:
+        config = replace(config, loss=replace(config.loss, dist_loss=args.dist_loss))
+    return config
+
+
+def init_state(spec: str) -> dict:
+    """The weights of a shipped model or a checkpoint to fine-tune from."""
+    from instasam.model.instasam import load_payload
+    from instasam.model.unet import is_net_checkpoint, net_from_payload
+    from instasam.pretrained import resolve_model
+
+    path = resolve_model(spec)
+    payload = load_payload(path)
+    if not isinstance(payload, dict) or not is_net_checkpoint(payload):
+        raise InputError(path, "not a nuclei-network checkpoint (--init needs one from --arch net)")
+    net, _ = net_from_payload(payload, path)
+    return net.state_dict()
+
+
+def fixed_labels(args: argparse.Namespace, loaded: list, source: str) -> list[np.ndarray]:
+    """Each tile's fixed labels: read from --labels-from, or computed (S cached in RUN)."""
+    from tqdm.auto import tqdm
+
+    from instasam.training.labels import labels_from_pseudo_folder
+
+    if args.labels_from:
+        return [
+            labels_from_pseudo_folder(args.labels_from, s.stem, s.image.shape[:2]) for s in loaded
+        ]
+    from instasam.model.instasam import build_model
+    from instasam.train import load_fixed_labels
+
+    sam_config = InstaSAMConfig()
+    sam_config = replace(
+        sam_config, train=replace(sam_config.train, pseudo=source, backbone=args.backbone)
+    )
+    model = build_model(sam_config, checkpoint=args.sam_checkpoint) if source == "sam" else None
+    cache = args.out / "cache" / f"fixed_{source}"
+    out = []
+    for s in tqdm(loaded, desc=f"labels ({source})", disable=args.quiet):
+        labels, _ = load_fixed_labels(model, s.stem, s.image, s.points, s.labels, sam_config, cache)
+        out.append(labels)
+    return out
+
+
+def run_net(args: argparse.Namespace) -> int:
+    import torch
+
+    from instasam.io.folder import list_samples, load_sample
+    from instasam.model.unet import NucleiUNet, parameter_count
+    from instasam.training.crops import LabelledTile
+    from instasam.training.labels import ignore_around_unlabelled_points
+    from instasam.training.loop import train_net
+    from instasam.training.precision import resolve_precision
+    from instasam.training.validation import ValTile
+
+    config = net_config_from_args(args)
+    source = config.train.labels
+    samples = list_samples(args.data, require_points=True, require_labels=source == "gt")
+    val_samples = list_samples(args.val, require_labels=True) if args.val else []
+    loaded = [load_sample(s) for s in samples]  # validates every file before any work
+    val_loaded = [load_sample(s) for s in val_samples]
+    start = init_state(args.init) if args.init else None
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    precision = resolve_precision(config.train.precision)
+    print(
+        f"nuclei network: {parameter_count(NucleiUNet(config.net)):,} parameters; labels: "
+        f"{source}; {config.train.steps} steps x {config.train.batch_size} crops of "
+        f"{config.train.crop_size} px; {precision}; "
+        + (f"validation every {config.train.val_every} steps" if val_loaded else "no validation")
+    )
+    radius = config.train.unlabelled_point_radius
+    tiles = [
+        LabelledTile(s.stem, s.image, ignore_around_unlabelled_points(labels, s.points, radius))
+        for s, labels in zip(loaded, fixed_labels(args, loaded, source), strict=True)
+    ]
+    val_tiles = [ValTile(s.stem, s.image, s.labels) for s in val_loaded]
+    state = train_net(
+        tiles,
+        val_tiles,
+        args.out,
+        config,
+        resume=args.resume,
+        progress=not args.quiet,
+        init_state=start,
+    )
+    best = (
+        f"best val AJI {state.best_aji:.4f} at step {state.best_step}"
+        if val_tiles
+        else "no validation"
+    )
+    print(
+        f"done: {state.step} steps, {state.seconds / 60:.1f} min; {best}; "
+        f"model: {args.out / 'model.pt'}"
+    )
+    return 0

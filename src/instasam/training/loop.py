@@ -1,0 +1,259 @@
+"""The nuclei network's optimiser loop: warm-up + cosine, EMA, validation, resume.
+
+Every step draws ``batch_size`` augmented crops, runs the network once on the stacked batch
+(bf16 autocast where the CPU has it) and applies the paper's losses on the non-ignored
+pixels: BCE + soft IoU on the foreground, ``w_dist`` x SmoothL1 on the distance maps.
+An exponential moving average of the weights is what validation scores and what is saved.
+When training ends the watershed thresholds are chosen on the validation tiles with the
+best model, and saved with it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from instasam.config import NetConfig, NetTrainConfig
+from instasam.io.atomic import atomic_path, write_text_atomic
+from instasam.losses import mask_loss, masked_distance_loss, total_loss
+from instasam.model.unet import NucleiUNet, net_from_payload, save_net
+from instasam.training.crops import CropTargets, LabelledTile, training_batch
+from instasam.training.precision import autocast, resolve_precision
+from instasam.training.validation import ValTile, choose_thresholds, score_maps, validation_maps
+
+LAST = "last.pt"
+BEST = "model.pt"
+
+
+@dataclass
+class NetTrainState:
+    step: int = 0
+    best_aji: float = -1.0
+    best_step: int = -1
+    seconds: float = 0.0
+
+
+def learning_rate(step: int, config: NetTrainConfig) -> float:
+    """Linear warm-up over ``warmup_steps``, then a cosine down to 1 % of ``lr``."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    span = max(1, config.steps - config.warmup_steps)
+    progress = min(1.0, (step - config.warmup_steps) / span)
+    floor = config.lr * 1e-2
+    return floor + (config.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@torch.no_grad()
+def update_ema(ema: NucleiUNet, net: NucleiUNet, decay: float, step: int) -> None:
+    """``ema = d * ema + (1 - d) * net``, with ``d`` ramped up over the first steps."""
+    d = min(decay, (1.0 + step) / (10.0 + step))
+    for e, p in zip(ema.parameters(), net.parameters(), strict=True):
+        e.mul_(d).add_(p.detach(), alpha=1.0 - d)
+    for e, b in zip(ema.buffers(), net.buffers(), strict=True):
+        e.copy_(b)
+
+
+def batch_losses(
+    net: NucleiUNet,
+    images: np.ndarray,
+    targets: list[CropTargets],
+    config: NetConfig,
+    precision: str,
+) -> dict[str, torch.Tensor]:
+    """The loss parts (``fg``, ``dist``) of one batch of crops."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    with autocast(precision):
+        out = net(x)
+    out = out.float()
+    fg = torch.from_numpy(np.stack([t.foreground for t in targets]))
+    hv = torch.from_numpy(np.stack([t.distance for t in targets]))
+    weight = torch.from_numpy(np.stack([t.weight for t in targets]))
+    return {
+        "fg": mask_loss(out[:, 0], fg, weight),
+        "dist": masked_distance_loss(out[:, 1:], hv, weight[:, None], kind=config.loss.dist_loss),
+    }
+
+
+def train_net(
+    tiles: list[LabelledTile],
+    val_tiles: list[ValTile],
+    run_dir: str | os.PathLike,
+    config: NetConfig,
+    resume: bool = False,
+    progress: bool = True,
+    init_state: dict[str, torch.Tensor] | None = None,
+    on_step: Callable[[NetTrainState, dict[str, float]], None] | None = None,
+) -> NetTrainState:
+    """Train the nuclei network; ``RUN/model.pt`` is the best-validation EMA model.
+
+    Parameters
+    ----------
+    tiles : list of LabelledTile
+        Training images with their fixed labels (IGNORE where unknown).
+    val_tiles : list of ValTile
+        Validation images with ground truth; validated every ``val_every`` steps and at
+        the end. Without them the final EMA model is saved with the configured thresholds.
+    run_dir : path
+        ``last.pt`` (resumable), ``model.pt``, ``metrics.jsonl``, ``config.json``,
+        ``thresholds.json``.
+    config : NetConfig
+        All settings.
+    resume : bool
+        Continue from ``RUN/last.pt`` (same configuration required).
+    init_state : dict, optional
+        Starting weights (fine-tuning from a trained network).
+    on_step : callable, optional
+        Called after every optimiser step with the state and the step's losses.
+    """
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    tc = config.train
+    precision = resolve_precision(tc.precision)
+    torch.manual_seed(tc.seed)
+    rng = np.random.default_rng(tc.seed)
+    net = NucleiUNet(config.net)
+    if init_state is not None:
+        net.load_state_dict(init_state, strict=True)
+    ema = copy.deepcopy(net).requires_grad_(False)
+    optimiser = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    state = NetTrainState()
+    if resume and (run / LAST).is_file():
+        state = _restore(run / LAST, config, net, ema, optimiser, rng)
+    write_text_atomic(run / "config.json", json.dumps(config.to_dict(), indent=2))
+    net.train()
+    ema.eval()
+    bar = tqdm(total=tc.steps, initial=state.step, disable=not progress, unit="step")
+    started = time.perf_counter()
+    sums: dict[str, float] = {}
+    count = 0
+    while state.step < tc.steps:
+        images, targets = training_batch(tiles, tc, config.augment, config.targets.hv_scaling, rng)
+        for group in optimiser.param_groups:
+            group["lr"] = learning_rate(state.step, tc)
+        parts = batch_losses(net, images, targets, config, precision)
+        loss = total_loss(parts, config.loss)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        update_ema(ema, net, tc.ema_decay, state.step)
+        state.step += 1
+        losses = {"loss": loss.item(), **{k: v.item() for k, v in parts.items()}}
+        for name, value in losses.items():
+            sums[name] = sums.get(name, 0.0) + value
+        count += 1
+        bar.set_postfix(loss=f"{losses['loss']:.3f}", best=f"{state.best_aji:.3f}")
+        bar.update()
+        due_val = state.step % tc.val_every == 0 or state.step == tc.steps
+        if due_val or state.step % tc.checkpoint_every == 0:
+            state.seconds += time.perf_counter() - started
+            started = time.perf_counter()
+            record = {"step": state.step, "lr": optimiser.param_groups[0]["lr"]}
+            record |= {name: total / count for name, total in sums.items()}
+            if due_val and val_tiles:
+                record["val"] = _validate(ema, val_tiles, config, precision, state, run)
+                started = time.perf_counter()  # validation is not training time
+            record["seconds"] = round(state.seconds, 1)
+            _save_last(run / LAST, config, net, ema, optimiser, rng, state)
+            _append_log(run, record)
+            sums, count = {}, 0
+        if on_step is not None:
+            on_step(state, losses)
+    bar.close()
+    _finish(run, config, ema, val_tiles, precision, state)
+    return state
+
+
+def _validate(
+    ema: NucleiUNet,
+    val_tiles: list[ValTile],
+    config: NetConfig,
+    precision: str,
+    state: NetTrainState,
+    run: Path,
+) -> dict[str, float]:
+    maps = validation_maps(ema, val_tiles, precision)
+    scores = score_maps(maps, val_tiles, config.postprocess)
+    if scores["aji"] > state.best_aji:
+        state.best_aji, state.best_step = scores["aji"], state.step
+        save_net(run / BEST, ema, config, step=state.step, val=scores)
+    return scores
+
+
+def _finish(
+    run: Path,
+    config: NetConfig,
+    ema: NucleiUNet,
+    val_tiles: list[ValTile],
+    precision: str,
+    state: NetTrainState,
+) -> None:
+    """Save the final model; with validation data, choose its thresholds there."""
+    if not val_tiles:
+        save_net(run / BEST, ema, config, step=state.step)
+        return
+    payload = torch.load(run / BEST, map_location="cpu", weights_only=False)
+    best, _ = net_from_payload(payload, run / BEST)
+    maps = validation_maps(best, val_tiles, precision)
+    chosen, table = choose_thresholds(maps, val_tiles, config.postprocess)
+    tuned = replace(config, postprocess=chosen)
+    scores = score_maps(maps, val_tiles, chosen)
+    save_net(
+        run / BEST, best, tuned, step=payload.get("step"), val=scores, val_default=payload["val"]
+    )
+    write_text_atomic(run / "thresholds.json", json.dumps(table, indent=1))
+
+
+def _save_last(
+    path: Path,
+    config: NetConfig,
+    net: NucleiUNet,
+    ema: NucleiUNet,
+    optimiser: torch.optim.Optimizer,
+    rng: np.random.Generator,
+    state: NetTrainState,
+) -> None:
+    payload = {
+        "config": config.to_dict(),
+        "net": net.state_dict(),
+        "ema": ema.state_dict(),
+        "optimiser": optimiser.state_dict(),
+        "rng": {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()},
+        "state": state.__dict__,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def _restore(
+    path: Path,
+    config: NetConfig,
+    net: NucleiUNet,
+    ema: NucleiUNet,
+    optimiser: torch.optim.Optimizer,
+    rng: np.random.Generator,
+) -> NetTrainState:
+    payload: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
+    if payload["config"] != config.to_dict():
+        raise ValueError(f"{path}: saved with a different configuration; use a new --out")
+    net.load_state_dict(payload["net"])
+    ema.load_state_dict(payload["ema"])
+    optimiser.load_state_dict(payload["optimiser"])
+    rng.bit_generator.state = payload["rng"]["numpy"]
+    torch.set_rng_state(payload["rng"]["torch"])
+    return NetTrainState(**payload["state"])
+
+
+def _append_log(run: Path, record: dict[str, Any]) -> None:
+    with open(run / "metrics.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
