@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "predict_wsi",
     "evaluate",
     "weights",
+    "models",
     "demo",
 )
 

@@ -19,7 +19,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "0 = background) per image; images that already have an output are skipped (resume).",
     )
     p.add_argument("images", nargs="+", type=Path, help="image files or folders of images")
-    p.add_argument("--model", required=True, type=Path, help="RUN/model.pt from instasam train")
+    p.add_argument(
+        "--model",
+        default="monuseg-points",
+        help="a shipped model's name (`instasam models`) or RUN/model.pt from instasam train "
+        "(default: monuseg-points)",
+    )
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--overlay", action="store_true", help="also write OUT/overlays/<stem>.png")
     p.add_argument(
@@ -40,7 +45,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--overwrite", action="store_true", help="redo images that have an output")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
+    add_speed_options(p)
     p.set_defaults(func=run)
+
+
+def add_speed_options(p: argparse.ArgumentParser) -> None:
+    """Arithmetic and test-time augmentation of the nuclei network (shared with predict-wsi)."""
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="auto (default): bf16 where the CPU has native bf16 (AVX-512 BF16/AMX), else "
+        "fp32 (nuclei network models)",
+    )
+    p.add_argument(
+        "--flips",
+        action="store_true",
+        help="average the maps of the image and its three flips (4x the network's time)",
+    )
 
 
 def image_files(paths: list[Path]) -> list[Path]:
@@ -77,10 +99,16 @@ def run(args: argparse.Namespace) -> int:
     images = {f: read_rgb(f) for f in files}  # every input is checked before any output
     if args.threads:
         torch.set_num_threads(args.threads)
-    predictor = load_predictor(args.model, backbone_checkpoint=args.sam_checkpoint)
-    if not predictor.model.backbone.pretrained:
+    predictor = load_predictor(
+        args.model,
+        backbone_checkpoint=args.sam_checkpoint,
+        precision=args.precision,
+        flips=args.flips,
+    )
+    model = getattr(predictor, "model", None)
+    if model is not None and not model.backbone.pretrained:
         print("warning: this model's backbone has RANDOM weights; its output is not meaningful")
-    if args.overlap is not None:
+    if args.overlap is not None and model is not None:
         predictor.config = replace(predictor.config, overlap=args.overlap)
     predictor.postprocess = with_thresholds(predictor.postprocess, args)
     done = 0

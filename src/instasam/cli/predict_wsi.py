@@ -7,6 +7,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from instasam.cli.predict import add_speed_options
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from instasam.io.slides import DEFAULT_OVERLAP, DEFAULT_TARGET_MPP, DEFAULT_TILE
@@ -20,7 +22,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "tiles are kept in OUT.partial/ until OUT is complete.",
     )
     p.add_argument("slide", type=Path, help="slide file (.svs, .tif, ...)")
-    p.add_argument("--model", required=True, type=Path, help="RUN/model.pt from instasam train")
+    p.add_argument(
+        "--model",
+        default="monuseg-points",
+        help="a shipped model's name (`instasam models`) or RUN/model.pt from instasam train "
+        "(default: monuseg-points)",
+    )
     p.add_argument("--out", required=True, type=Path, help="output .geojson")
     p.add_argument(
         "--mpp",
@@ -63,6 +70,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "inside a predicted nucleus",
     )
     p.add_argument("--threads", type=int, help="CPU threads for torch")
+    add_speed_options(p)
     p.set_defaults(func=run)
 
 
@@ -74,8 +82,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.out.suffix.lower() not in (".geojson", ".json"):
         raise InputError(args.out, "--out must end in .geojson")
-    if not args.model.is_file():
-        raise InputError(args.model, "model file not found")
+    from instasam.pretrained import resolve_model
+
+    model_path = resolve_model(args.model)
+    if not model_path.is_file():
+        raise InputError(model_path, "model file not found")
     config = SlidePredictConfig(
         tile=args.tile,
         overlap=args.overlap,
@@ -106,8 +117,8 @@ def run(args: argparse.Namespace) -> int:
             torch.set_num_threads(args.threads)
         from instasam.predict.tiles import load_predictor
 
-        predictor = load_predictor(args.model)
-        stat = args.model.stat()
+        predictor = load_predictor(model_path, precision=args.precision, flips=args.flips)
+        stat = model_path.stat()
         result = predict_slide(
             slide,
             predictor,
@@ -116,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
             resume=not args.no_resume,
             points=points,
             tissue=tissue,
-            fingerprint={"model": args.model.name, "bytes": stat.st_size, "mtime": stat.st_mtime},
+            fingerprint={"model": model_path.name, "bytes": stat.st_size, "mtime": stat.st_mtime},
             points_name=str(args.points),
         )
     w = result.working

@@ -1,0 +1,128 @@
+"""The shipped recipe on MoNuSeg (Kumar split), one command per row.
+
+Prepares the Kumar tiles (train 12 + val 4, test 14) with centred points, makes the fixed
+labels (``sam``: S from LiteMedSAM prompted with the points; ``cv``: cluster + Voronoi;
+``gt``: the ground-truth masks), trains the full-resolution nuclei network on them
+(``instasam train --arch net``), predicts the 14 test tiles and evaluates them. Every stage
+is a plain ``instasam`` command, printed before it runs and skipped when its output exists
+(training resumes), so an interrupted row continues where it stopped. Each finished row is
+written to ``benchmarks/results/net/<labels>_seed<seed>.json``.
+
+    python benchmarks/kumar_net.py --labels sam --seed 0 --out bench_out/k
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from instasam.cli import main as instasam
+from instasam.io.atomic import write_text_atomic
+from instasam.training.precision import cpu_has_native_bf16
+
+RESULTS = Path(__file__).parent / "results" / "net"
+
+
+def run(argv: list[str], log: list[dict]) -> None:
+    print(f"\n$ instasam {shlex.join(argv)}", flush=True)
+    started = time.perf_counter()
+    status = instasam(argv)
+    log.append({"command": argv, "seconds": round(time.perf_counter() - started, 1)})
+    if status:
+        sys.exit(f"stage failed with status {status}: instasam {shlex.join(argv)}")
+
+
+def prepare(src: Path, data: Path, log: list[dict]) -> None:
+    split = src / "splits" / "kumar_16_14.json"
+    for subset in ("train", "val", "test"):
+        if not (data / subset / "points").is_dir():
+            argv = ["prepare", "monuseg", str(src / "train"), str(data / subset)]
+            run([*argv, "--split", str(split), "--subset", subset], log)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--monuseg", type=Path, default=Path("../shared/data/monuseg"))
+    parser.add_argument("--out", type=Path, default=Path("bench_out/k"))
+    parser.add_argument("--labels", choices=("sam", "cv", "gt"), default="sam")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, help="optimiser steps (default: the recipe's)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--flips", action="store_true", help="test-time flips")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    log: list[dict] = []
+    data = args.out / "data"
+    prepare(args.monuseg, data, log)
+    name = f"{args.labels}_seed{args.seed}" + (f"_steps{args.steps}" if args.steps else "")
+    run_dir, pred = args.out / "runs" / name, args.out / "pred" / name
+    train = ["train", "--data", str(data / "train"), "--val", str(data / "val")]
+    train += ["--out", str(run_dir), "--seed", str(args.seed), "--resume", "--quiet"]
+    if args.steps:
+        train += ["--steps", str(args.steps)]
+    if args.labels == "gt":
+        train += ["--pseudo", "gt"]
+    else:
+        labels = args.out / f"pseudo_{args.labels}"
+        pseudo = ["pseudo", "--data", str(data / "train"), "--out", str(labels)]
+        run([*pseudo, "--source", args.labels, "--threads", str(args.threads)], log)
+        train += ["--pseudo", args.labels, "--labels-from", str(labels)]
+    if not (run_dir / "thresholds.json").is_file():
+        run(train, log)
+    predict = ["predict", str(data / "test" / "images"), "--model", str(run_dir / "model.pt")]
+    predict += ["--out", str(pred), "--save-maps"] + (["--flips"] if args.flips else [])
+    started = time.perf_counter()
+    run(predict, log)
+    predict_seconds = time.perf_counter() - started
+    result = args.out / "results" / f"{name}.json"
+    run(
+        [
+            "evaluate",
+            "--gt",
+            str(data / "test" / "labels"),
+            "--pred",
+            str(pred),
+            "--json",
+            str(result),
+        ],
+        log,
+    )
+    history = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    checkpoint = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=False)
+    summary = {
+        "row": name,
+        "labels": args.labels,
+        "seed": args.seed,
+        "machine": f"{platform.processor() or platform.machine()}, {args.threads} threads, "
+        f"native bf16: {cpu_has_native_bf16()}",
+        "test_mean": json.loads(result.read_text())["mean"],
+        "test_per_image": json.loads(result.read_text()).get("images"),
+        "train_seconds": history[-1]["seconds"],
+        "steps": history[-1]["step"],
+        "best_step": checkpoint.get("step"),
+        "val_default_thresholds": checkpoint.get("val_default"),
+        "val_chosen_thresholds": checkpoint.get("val"),
+        "postprocess": checkpoint["config"]["postprocess"],
+        "val_history": [(h["step"], h["val"]["aji"]) for h in history if "val" in h],
+        "predict_seconds_14_tiles": round(predict_seconds, 1),
+        "stages": log,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(RESULTS / f"{name}.json", json.dumps(summary, indent=1))
+    m = summary["test_mean"]
+    print(
+        f"\n{name}: Dice_obj {100 * m['dice_obj']:.1f} AJI {100 * m['aji']:.1f} "
+        f"AJI+ {100 * m['aji_plus']:.1f} PQ {100 * m['pq']:.1f} "
+        f"(train {summary['train_seconds'] / 60:.1f} min)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""``instasam models``: the models that ship with the package."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "models",
+        help="list the shipped pretrained models",
+        description="List the models that ship inside the package: name, training data, "
+        "measured scores, licence and model card. `instasam predict` uses the default one "
+        "when no --model is given; `instasam train --init NAME` fine-tunes from one.",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from instasam.pretrained import DEFAULT_MODEL, REGISTRY
+
+    if not REGISTRY:
+        print("no shipped models in this installation")
+        return 0
+    for entry in REGISTRY.values():
+        default = " (default)" if entry.name == DEFAULT_MODEL else ""
+        print(f"{entry.name}{default}")
+        print(f"  trained on: {entry.trained_on}")
+        print(f"  scores:     {entry.scores}")
+        print(f"  licence:    {entry.licence}")
+        print(f"  file:       {entry.path} (SHA-256 {entry.sha256[:16]}...)")
+        print(f"  model card: {entry.card}")
+    return 0

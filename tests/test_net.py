@@ -1,0 +1,229 @@
+"""The full-resolution nuclei network: model, crops, precision choice, training, prediction."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from instasam import IGNORE
+from instasam.config import NetConfig, NucleiNetConfig
+from instasam.model.unet import NucleiUNet, net_from_payload, save_net
+from instasam.predict.tiles import NetPredictor, load_predictor, predict_net_maps
+from instasam.training import precision as precision_module
+from instasam.training.crops import LabelledTile, crop_targets, jitter_colour, training_batch
+from instasam.training.labels import ignore_around_unlabelled_points
+from instasam.training.loop import learning_rate, train_net, update_ema
+from instasam.training.precision import resolve_precision
+from instasam.training.validation import ValTile
+
+TINY = NucleiNetConfig(widths=(4, 8, 16))
+
+
+def disks(size: int = 96, n: int = 6, radius: int = 7, seed: int = 0):
+    """Dark disks on a pink background, with their instance labels."""
+    rng = np.random.default_rng(seed)
+    image = np.full((size, size, 3), (230, 190, 210), dtype=np.uint8)
+    labels = np.zeros((size, size), dtype=np.int32)
+    yy, xx = np.mgrid[:size, :size]
+    centres = []
+    for k in range(1, n + 1):
+        cy, cx = rng.integers(radius + 2, size - radius - 2, size=2)
+        inside = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
+        labels[inside & (labels == 0)] = k
+        image[inside] = (90, 60, 150)
+        centres.append((cx, cy))
+    return image, labels, np.array(centres, dtype=np.float64)
+
+
+def tiny_net_config(**train) -> NetConfig:
+    config = NetConfig(net=TINY)
+    defaults = {"steps": 4, "batch_size": 2, "crop_size": 64, "val_every": 2}
+    defaults |= {"checkpoint_every": 1, "warmup_steps": 1, "precision": "fp32"}
+    return replace(config, train=replace(config.train, **(defaults | train)))
+
+
+# -- model ---------------------------------------------------------------------------------
+def test_network_keeps_any_image_size_and_bounds_the_distance_maps():
+    net = NucleiUNet(TINY).eval()
+    with torch.no_grad():
+        out = net.forward_any(torch.rand(1, 3, 37, 50) * 255)
+    assert out.shape == (1, 3, 37, 50)
+    assert out[:, 1:].abs().max() <= 1.0
+
+
+def test_checkpoint_round_trips_exactly_and_refuses_another_shape(tmp_path):
+    torch.manual_seed(0)
+    net = NucleiUNet(TINY).eval()
+    config = NetConfig(net=TINY)
+    save_net(tmp_path / "m.pt", net, config, step=3)
+    payload = torch.load(tmp_path / "m.pt", weights_only=False)
+    again, again_config = net_from_payload(payload, tmp_path / "m.pt")
+    x = torch.rand(1, 3, 32, 32) * 255
+    with torch.no_grad():
+        assert torch.equal(net(x), again(x))
+    assert again_config == config
+    payload["config"]["net"]["widths"] = [4, 8, 32]
+    from instasam.errors import InputError
+
+    with pytest.raises(InputError, match="does not fit its network"):
+        net_from_payload(payload, tmp_path / "m.pt")
+
+
+# -- precision -----------------------------------------------------------------------------
+def test_precision_follows_the_cpu_flag_both_ways(monkeypatch):
+    assert resolve_precision("auto", native_bf16=True) == "bf16"
+    assert resolve_precision("auto", native_bf16=False) == "fp32"
+    assert resolve_precision("fp32", native_bf16=True) == "fp32"
+    assert resolve_precision("bf16", native_bf16=False) == "bf16"  # the user may insist
+    monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: False)
+    assert resolve_precision("auto") == "fp32"
+    monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: True)
+    assert resolve_precision("auto") == "bf16"
+    with pytest.raises(ValueError):
+        resolve_precision("fp16")
+
+
+def test_bf16_maps_agree_with_fp32():
+    torch.manual_seed(0)
+    net = NucleiUNet(TINY).eval()
+    image, _, _ = disks(size=64)
+    fg32, hv32 = predict_net_maps(net, image, "fp32")
+    fg16, hv16 = predict_net_maps(net, image, "bf16")
+    assert np.abs(fg32 - fg16).max() < 0.05 and np.abs(hv32 - hv16).max() < 0.05
+
+
+def test_windowed_prediction_matches_one_pass_away_from_nothing():
+    torch.manual_seed(0)
+    net = NucleiUNet(TINY).eval()
+    image, _, _ = disks(size=160, n=12)
+    whole_fg, whole_hv = predict_net_maps(net, image, "fp32", window=256)
+    tiled_fg, tiled_hv = predict_net_maps(net, image, "fp32", window=96)
+    # The tiny net's receptive field (~40 px) is inside the 32-px core margin of a 64-px
+    # overlap only partly; the stitched maps must still be close everywhere.
+    assert np.abs(whole_fg - tiled_fg).max() < 0.05
+    assert np.abs(whole_hv - tiled_hv).max() < 0.05
+
+
+def test_flips_average_is_exactly_flip_equivariant():
+    # Averaged over the four flips with the signs turned back, the maps of a mirrored
+    # image are the mirrored maps, the horizontal map's sign flipped - for any network.
+    torch.manual_seed(0)
+    net = NucleiUNet(TINY).eval()
+    image, _, _ = disks(size=64)
+    fg, hv = predict_net_maps(net, image, "fp32", flips=True)
+    fg_m, hv_m = predict_net_maps(net, np.ascontiguousarray(image[:, ::-1]), "fp32", flips=True)
+    assert np.allclose(fg_m, fg[:, ::-1], atol=1e-5)
+    assert np.allclose(hv_m[0], -hv[0][:, ::-1], atol=1e-5)
+    assert np.allclose(hv_m[1], hv[1][:, ::-1], atol=1e-5)
+    _, plain = predict_net_maps(net, image, "fp32")
+    assert not np.allclose(plain, hv, atol=1e-3)  # the average is not the plain pass
+
+
+# -- labels and crops ----------------------------------------------------------------------
+def test_unlabelled_points_get_an_ignored_disk_and_labelled_ones_do_not():
+    labels = np.zeros((40, 40), dtype=np.int32)
+    labels[5:10, 5:10] = 1  # point 1's nucleus is labelled; point 2's is not
+    labels[20:24, 28:32] = 3  # another nucleus next to point 2 stays labelled
+    points = np.array([[7.0, 7.0], [25.0, 22.0], [35.0, 5.0]])
+    labels[3, 35] = 3  # point 3's id present elsewhere in the map: labelled
+    out = ignore_around_unlabelled_points(labels, points, radius=4)
+    assert out[22, 25] == IGNORE and out[22, 21] == IGNORE and out[22, 20] == 0
+    assert (out[20:24, 28:32] == 3).all()
+    assert (out[5:10, 5:10] == 1).all() and (out[0:4, 0:4] == 0).all()
+    assert out[5, 35] == 0
+
+
+def test_targets_carry_no_weight_on_ignored_pixels():
+    labels = np.zeros((20, 20), dtype=np.int32)
+    labels[5:12, 5:12] = 1
+    labels[0:3, :] = IGNORE
+    t = crop_targets(labels)
+    assert (t.weight[0:3] == 0).all() and (t.weight[3:] == 1).all()
+    assert t.foreground.sum() == 49 and (t.foreground[0:3] == 0).all()
+    assert t.distance[0, 8, 5] == -1.0 and t.distance[0, 8, 11] == 1.0
+
+
+def test_colour_jitter_is_off_at_zero_and_varies_otherwise():
+    image, _, _ = disks(size=32)
+    config = NetConfig().train
+    rng = np.random.default_rng(0)
+    off = replace(config, hed_scale=0.0, hed_shift=0.0, intensity=0.0)
+    assert np.array_equal(jitter_colour(image, off, rng), image)
+    a, b = jitter_colour(image, config, rng), jitter_colour(image, config, rng)
+    assert a.dtype == np.uint8 and a.shape == image.shape and not np.array_equal(a, b)
+
+
+def test_a_batch_has_the_configured_crops():
+    image, labels, _ = disks()
+    config = tiny_net_config()
+    images, targets = training_batch(
+        [LabelledTile("a", image, labels)],
+        config.train,
+        config.augment,
+        "hovernet",
+        np.random.default_rng(0),
+    )
+    assert images.shape == (2, 64, 64, 3) and len(targets) == 2
+
+
+# -- the loop ------------------------------------------------------------------------------
+def test_learning_rate_warms_up_then_decays_to_one_percent():
+    config = replace(NetConfig().train, steps=100, warmup_steps=10, lr=1e-3)
+    rates = [learning_rate(s, config) for s in range(100)]
+    assert rates[0] == pytest.approx(1e-4) and rates[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(rates[9:], rates[10:], strict=False))
+    assert learning_rate(100, config) == pytest.approx(1e-5)
+
+
+def test_ema_moves_toward_the_weights():
+    a, b = NucleiUNet(TINY), NucleiUNet(TINY)
+    with torch.no_grad():
+        for p in a.parameters():
+            p.zero_()
+        for p in b.parameters():
+            p.fill_(1.0)
+    update_ema(a, b, decay=0.9, step=1000)
+    assert all(torch.allclose(p, torch.full_like(p, 0.1)) for p in a.parameters())
+
+
+def test_training_lowers_the_loss_on_disks(tmp_path):
+    image, labels, _ = disks(size=64, n=5)
+    tiles = [LabelledTile("a", image, labels)]
+    config = tiny_net_config(steps=60, lr=1e-2, val_every=1000, checkpoint_every=1000)
+    config = replace(config, augment=replace(config.augment, affine_p=0.0))
+    losses = []
+    train_net(tiles, [], tmp_path, config, progress=False, on_step=lambda s, l: losses.append(l))
+    assert np.mean([x["loss"] for x in losses[-10:]]) < 0.7 * np.mean(
+        [x["loss"] for x in losses[:10]]
+    )
+
+
+def test_training_resumes_to_the_same_weights_and_tunes_thresholds(tmp_path):
+    image, labels, _ = disks()
+    tiles = [LabelledTile("a", image, labels)]
+    val = [ValTile("v", image, labels)]
+    config = tiny_net_config()
+    train_net(tiles, val, tmp_path / "straight", config, progress=False)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_three(state, losses):
+        if state.step == 3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_net(tiles, val, tmp_path / "cut", config, progress=False, on_step=stop_at_three)
+    state = train_net(tiles, val, tmp_path / "cut", config, resume=True, progress=False)
+    assert state.step == 4
+    one = torch.load(tmp_path / "straight" / "last.pt", weights_only=False)
+    two = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)
+    for name, tensor in one["ema"].items():
+        assert torch.equal(tensor, two["ema"][name]), name
+    predictor = load_predictor(tmp_path / "straight" / "model.pt", precision="fp32")
+    assert isinstance(predictor, NetPredictor)
+    assert (tmp_path / "straight" / "thresholds.json").is_file()
+    assert predictor.predict_instances(image).shape == labels.shape
