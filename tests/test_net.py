@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 
 import numpy as np
@@ -174,7 +175,7 @@ def test_learning_rate_warms_up_then_decays_to_one_percent():
     config = replace(NetConfig().train, steps=100, warmup_steps=10, lr=1e-3)
     rates = [learning_rate(s, config) for s in range(100)]
     assert rates[0] == pytest.approx(1e-4) and rates[9] == pytest.approx(1e-3)
-    assert all(a >= b for a, b in zip(rates[9:], rates[10:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(rates[9:]))
     assert learning_rate(100, config) == pytest.approx(1e-5)
 
 
@@ -195,7 +196,9 @@ def test_training_lowers_the_loss_on_disks(tmp_path):
     config = tiny_net_config(steps=60, lr=1e-2, val_every=1000, checkpoint_every=1000)
     config = replace(config, augment=replace(config.augment, affine_p=0.0))
     losses = []
-    train_net(tiles, [], tmp_path, config, progress=False, on_step=lambda s, l: losses.append(l))
+    train_net(
+        tiles, [], tmp_path, config, progress=False, on_step=lambda s, parts: losses.append(parts)
+    )
     assert np.mean([x["loss"] for x in losses[-10:]]) < 0.7 * np.mean(
         [x["loss"] for x in losses[:10]]
     )

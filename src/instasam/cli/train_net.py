@@ -34,8 +34,8 @@ def net_config_from_args(args: argparse.Namespace) -> NetConfig:
     return config
 
 
-def init_state(spec: str) -> dict:
-    """The weights of a shipped model or a checkpoint to fine-tune from."""
+def init_network(spec: str) -> tuple[dict, NetConfig]:
+    """The weights and configuration of a shipped model or a checkpoint to fine-tune from."""
     from instasam.model.instasam import load_payload
     from instasam.model.unet import is_net_checkpoint, net_from_payload
     from instasam.pretrained import resolve_model
@@ -44,8 +44,8 @@ def init_state(spec: str) -> dict:
     payload = load_payload(path)
     if not isinstance(payload, dict) or not is_net_checkpoint(payload):
         raise InputError(path, "not a nuclei-network checkpoint (--init needs one from --arch net)")
-    net, _ = net_from_payload(payload, path)
-    return net.state_dict()
+    net, config = net_from_payload(payload, path)
+    return net.state_dict(), config
 
 
 def fixed_labels(args: argparse.Namespace, loaded: list, source: str) -> list[np.ndarray]:
@@ -91,7 +91,10 @@ def run_net(args: argparse.Namespace) -> int:
     val_samples = list_samples(args.val, require_labels=True) if args.val else []
     loaded = [load_sample(s) for s in samples]  # validates every file before any work
     val_loaded = [load_sample(s) for s in val_samples]
-    start = init_state(args.init) if args.init else None
+    start = None
+    if args.init:  # shape and thresholds are those of the network it starts from
+        start, init_config = init_network(args.init)
+        config = replace(config, net=init_config.net, postprocess=init_config.postprocess)
     if args.threads:
         torch.set_num_threads(args.threads)
     precision = resolve_precision(config.train.precision)

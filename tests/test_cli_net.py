@@ -1,0 +1,73 @@
+"""``instasam train --arch net`` and ``--init`` through the CLI, on the bundled sample."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from instasam.cli import main
+from instasam.cli.demo import sample_dir
+from instasam.config import NetConfig, NucleiNetConfig
+from instasam.io.labels import read_label_map
+from instasam.model.unet import NucleiUNet, save_net
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    out = tmp_path_factory.mktemp("net")
+    split = sample_dir() / "split.json"
+    for subset in ("train", "test"):
+        argv = ["prepare", "monuseg", str(sample_dir()), str(out / subset)]
+        assert main([*argv, "--split", str(split), "--subset", subset]) == 0
+    config = json.loads(json.dumps(NetConfig(net=NucleiNetConfig(widths=(4, 8))).to_dict()))
+    (out / "tiny.json").write_text(json.dumps(config))
+    return out
+
+
+def _train(prepared, run, *extra):
+    argv = ["train", "--data", str(prepared / "train"), "--val", str(prepared / "test")]
+    argv += ["--out", str(run), "--pseudo", "gt", "--steps", "2", "--batch-size", "1"]
+    return main([*argv, "--config", str(prepared / "tiny.json"), "--quiet", *extra])
+
+
+def test_train_net_then_predict_with_it(prepared, capsys):
+    run = prepared / "run"
+    assert _train(prepared, run) == 0
+    out = capsys.readouterr().out
+    assert "nuclei network" in out and "best val AJI" in out
+    pred = prepared / "pred"
+    argv = ["predict", str(prepared / "test" / "images"), "--model", str(run / "model.pt")]
+    assert main([*argv, "--out", str(pred), "--precision", "fp32"]) == 0
+    (tif,) = pred.glob("*.tif")
+    assert read_label_map(tif).shape == (256, 256)
+
+
+def test_fine_tuning_starts_from_the_given_weights_and_shape(prepared, tmp_path):
+    torch.manual_seed(1)
+    shape = NucleiNetConfig(widths=(4, 8, 16))  # not the run configuration's (4, 8)
+    start = NucleiUNet(shape)
+    save_net(tmp_path / "start.pt", start, NetConfig(net=shape))
+    run = tmp_path / "tuned"
+    assert _train(prepared, run, "--init", str(tmp_path / "start.pt")) == 0
+    last = torch.load(run / "last.pt", weights_only=False)["net"]
+    # Two small steps move the weights a little from where they started, not from scratch.
+    diff = (last["fg_head.weight"] - start.state_dict()["fg_head.weight"]).abs().max()
+    assert diff < 0.05
+
+
+@pytest.mark.parametrize("case", ["missing", "not_a_checkpoint", "instasam_run", "damaged"])
+def test_bad_init_is_one_line_and_exit_2(prepared, tmp_path, capsys, case):
+    bad = tmp_path / "bad.pt"
+    if case == "not_a_checkpoint":
+        bad.write_text("hello")
+    elif case == "instasam_run":
+        torch.save({"format": "instasam-1", "state": {}}, bad)
+    elif case == "damaged":  # weights of one shape under a configuration of another
+        save_net(bad, NucleiUNet(NucleiNetConfig(widths=(4, 8, 16))), NetConfig())
+    run = tmp_path / "run"
+    assert _train(prepared, run, "--init", str(bad)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"instasam: error: {bad}")
+    assert not run.exists()
