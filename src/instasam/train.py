@@ -423,7 +423,11 @@ def train(
         epoch_sums = {}
         state.step_in_epoch = 0
         improved = False
-        if val_tiles and state.epoch >= tc.val_from_epoch and state.epoch % tc.val_every == 0:
+        # A run shorter than the paper's validation start still validates its last epoch,
+        # so that model.pt is always the best validated model when validation data is given.
+        first_val = min(tc.val_from_epoch, tc.epochs)
+        due = state.epoch % tc.val_every == 0 or state.epoch == tc.epochs
+        if val_tiles and state.epoch >= first_val and due:
             val = validate(model, val_tiles, config)
             record["val"] = val
             if val["aji"] > state.best_aji:

@@ -17,7 +17,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from instasam.errors import InputError
-from instasam.io.atomic import write_text_atomic
+from instasam.io.atomic import check_output_file, check_output_folder, write_text_atomic
 from instasam.io.images import list_images
 from instasam.io.labels import LABEL_SUFFIXES, read_label_map
 from instasam.metrics import METRIC_KEYS, METRIC_LABELS, compute_metrics, mean_metrics
@@ -129,22 +129,11 @@ def _check_images(images_dir: Path, stems: list[str]) -> None:
         raise InputError(images_dir, f"no image for {len(missing)} stem(s): {_few(missing)}")
 
 
-def _check_folder_can_exist(folder: Path) -> None:
-    """Refuse an output folder that is, or lies below, an existing file."""
-    for candidate in (folder, *folder.parents):
-        if candidate.exists():
-            if not candidate.is_dir():
-                raise InputError(candidate, "is a file, not a folder; cannot write below it")
-            return
-
-
 def _check_outputs(args: argparse.Namespace) -> None:
     if args.json is not None:
-        if args.json.is_dir():
-            raise InputError(args.json, "--json names a folder; give a file name")
-        _check_folder_can_exist(args.json.parent)
+        check_output_file(args.json)
     if args.report is not None:
-        _check_folder_can_exist(args.report)
+        check_output_folder(args.report)
 
 
 def score_pairs(

@@ -64,6 +64,9 @@ def postprocess_config(args: argparse.Namespace) -> PostprocessConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from instasam.io.atomic import check_output_folder
+
+    check_output_folder(args.out)
     from tqdm.auto import tqdm
 
     from instasam.io.labels import write_label_map

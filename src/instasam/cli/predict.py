@@ -85,6 +85,9 @@ def image_files(paths: list[Path]) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from instasam.io.atomic import check_output_folder
+
+    check_output_folder(args.out)
     import torch  # heavy imports stay out of `instasam --help`
     from tqdm.auto import tqdm
 

@@ -48,6 +48,7 @@ from scipy import ndimage as ndi
 from tqdm.auto import tqdm
 
 from instasam.errors import InputError
+from instasam.io.atomic import check_output_folder
 from instasam.io.folder import Sample, check_label_size, index_by_stem, pick_one, unique_images
 from instasam.io.images import IMAGE_SUFFIXES, read_rgb, write_rgb
 from instasam.io.labels import LABEL_SUFFIXES, read_label_map, write_label_map
@@ -340,6 +341,7 @@ def tiles_to_write(
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_folder(args.out)
     shift = None
     if args.shift is not None:
         try:

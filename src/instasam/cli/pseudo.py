@@ -42,6 +42,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from instasam.io.atomic import check_output_folder
+
+    check_output_folder(args.out)
     import json
     from dataclasses import replace
 

@@ -111,6 +111,9 @@ def config_from_args(args: argparse.Namespace) -> InstaSAMConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from instasam.io.atomic import check_output_folder
+
+    check_output_folder(args.out)
     if args.arch == "net":
         from instasam.cli.train_net import run_net
 
@@ -147,6 +150,11 @@ def run(args: argparse.Namespace) -> int:
         fixed, sides = load_fixed_labels(model, s.stem, s.image, s.points, s.labels, config, cache)
         tiles.append(TrainingTile(s.stem, s.image, s.points, fixed, sides))
     val_tiles = [ValTile(s.stem, s.image, s.labels) for s in val_loaded]
+    if val_tiles and config.train.val_from_epoch > config.train.epochs:
+        print(
+            f"note: validation starts at epoch {config.train.val_from_epoch}, after the last "
+            f"({config.train.epochs}); the last epoch is validated instead"
+        )
     state = train(
         tiles, val_tiles, args.out, config, model=model, resume=args.resume, progress=not args.quiet
     )

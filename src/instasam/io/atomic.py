@@ -8,6 +8,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from instasam.errors import InputError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -44,3 +46,33 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def check_output_folder(path: str | os.PathLike) -> None:
+    """Refuse, before any work, an output folder that cannot be created or written in.
+
+    Nothing is created: the nearest existing ancestor is probed with a temporary file,
+    which also catches a read-only file system (where permission bits say nothing to root).
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(path, "exists and is not a folder")
+    ancestor = path
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InputError(ancestor, "is a file, not a folder; cannot write below it")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".instasam-probe.", dir=ancestor)
+    except OSError as exc:
+        raise InputError(path, f"cannot write here ({exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def check_output_file(path: str | os.PathLike) -> None:
+    """Refuse, before any work, an output file that could not be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(path, "names a folder; give a file name")
+    check_output_folder(path.parent)
