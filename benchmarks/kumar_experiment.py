@@ -78,6 +78,8 @@ def experiment(args: argparse.Namespace, source: str, log: list[dict]) -> dict:
     pred, result = args.out / "pred" / source, args.out / "results" / f"{source}.json"
     train_argv = [
         "train",
+        "--arch",
+        "instasam",
         "--data",
         str(data / "train"),
         "--val",

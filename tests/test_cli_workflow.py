@@ -45,7 +45,8 @@ def test_sam_pseudo_labels_of_a_real_crop_match_its_nuclei(prepared, capsys):
 @pytest.mark.slow
 def test_train_predict_postprocess_evaluate(prepared, capsys):
     run, pred = prepared / "run", prepared / "pred"
-    train = ["train", "--data", str(prepared / "train"), "--out", str(run), "--quiet"]
+    train = ["train", "--arch", "instasam", "--data", str(prepared / "train"), "--out", str(run)]
+    train += ["--quiet"]
     assert main([*train, "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "1"]) == 0
     assert (run / "model.pt").is_file() and (run / "metrics.jsonl").is_file()
     images = prepared / "test" / "images"

@@ -217,7 +217,7 @@ class NetTrainConfig:
     """
 
     labels: Literal["sam", "cv", "gt"] = "sam"
-    steps: int = 2000
+    steps: int = 1500
     batch_size: int = 8
     crop_size: int = 256
     lr: float = 2e-3

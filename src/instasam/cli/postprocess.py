@@ -40,9 +40,32 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def add_threshold_options(p: argparse.ArgumentParser) -> None:
     """The single post-processing thresholds a user may override (predict, postprocess)."""
-    p.add_argument("--fg-threshold", type=float, help="foreground probability threshold")
-    p.add_argument("--edge-threshold", type=float, help="watershed edge (marker) threshold")
-    p.add_argument("--min-area", type=int, help="smallest nucleus kept, in pixels")
+    p.add_argument(
+        "--fg-threshold",
+        type=unit_interval,
+        help="foreground probability threshold in (0, 1) (default: the model's)",
+    )
+    p.add_argument(
+        "--edge-threshold",
+        type=unit_interval,
+        help="watershed edge (marker) threshold in (0, 1) (default: the model's)",
+    )
+    p.add_argument(
+        "--min-area",
+        type=int,
+        help="smallest nucleus kept, in pixels (default: the model's)",
+    )
+
+
+def unit_interval(text: str) -> float:
+    """A threshold strictly between 0 and 1 (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must lie between 0 and 1, got {value}")
+    return value
 
 
 def with_thresholds(config: PostprocessConfig, args: argparse.Namespace) -> PostprocessConfig:

@@ -82,11 +82,6 @@ def run(args: argparse.Namespace) -> int:
 
     if args.out.suffix.lower() not in (".geojson", ".json"):
         raise InputError(args.out, "--out must end in .geojson")
-    from instasam.pretrained import resolve_model
-
-    model_path = resolve_model(args.model)
-    if not model_path.is_file():
-        raise InputError(model_path, "model file not found")
     config = SlidePredictConfig(
         tile=args.tile,
         overlap=args.overlap,
@@ -116,6 +111,11 @@ def run(args: argparse.Namespace) -> int:
 
             torch.set_num_threads(args.threads)
         from instasam.predict.tiles import load_predictor
+        from instasam.pretrained import resolve_model
+
+        model_path = resolve_model(args.model)
+        if not model_path.is_file():
+            raise InputError(model_path, "model file not found")
 
         predictor = load_predictor(model_path, precision=args.precision, flips=args.flips)
         stat = model_path.stat()

@@ -60,7 +60,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     net = p.add_argument_group("--arch net")
-    net.add_argument("--steps", type=int, help="optimiser steps (default 2000)")
+    net.add_argument("--steps", type=int, help="optimiser steps (default 1500)")
     net.add_argument(
         "--init",
         help="start from a trained network: a shipped model's name (see `instasam models`) "

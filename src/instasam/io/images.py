@@ -51,7 +51,14 @@ def _raw_array(path: Path) -> np.ndarray:
             return np.asarray(im)
     except InputError:
         raise
-    except (OSError, ValueError, UnidentifiedImageError, tifffile.TiffFileError) as exc:
+    # Codec errors (a truncated zlib or LZW strip) are RuntimeError subclasses in imagecodecs.
+    except (
+        OSError,
+        ValueError,
+        RuntimeError,
+        UnidentifiedImageError,
+        tifffile.TiffFileError,
+    ) as exc:
         raise InputError(path, f"cannot read image ({exc.__class__.__name__}: {exc})") from None
 
 

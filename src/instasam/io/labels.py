@@ -40,7 +40,14 @@ def read_label_map(path: str | os.PathLike) -> np.ndarray:
         else:
             with Image.open(path) as im:
                 array = np.asarray(im)
-    except (OSError, ValueError, UnidentifiedImageError, tifffile.TiffFileError) as exc:
+    # Codec errors (a truncated zlib or LZW strip) are RuntimeError subclasses in imagecodecs.
+    except (
+        OSError,
+        ValueError,
+        RuntimeError,
+        UnidentifiedImageError,
+        tifffile.TiffFileError,
+    ) as exc:
         raise InputError(path, f"cannot read label map ({exc.__class__.__name__}: {exc})") from None
     return as_label_map(array, path)
 

@@ -36,8 +36,11 @@ def read_maps(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
                 raise InputError(path, f"not a saved-maps file (no {', '.join(missing)})")
             foreground = data["foreground"].astype(np.float32)
             hv = data["hv"].astype(np.float32)
+    except InputError:
+        raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise InputError(path, f"cannot read saved maps ({exc.__class__.__name__})") from None
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(path, f"cannot read saved maps: {reason}") from None
     if foreground.ndim != 2 or hv.shape != (2, *foreground.shape):
         raise InputError(
             path, f"map shapes do not fit: foreground {foreground.shape}, hv {hv.shape}"
