@@ -39,7 +39,7 @@ from instasam.points import points_from_instances
 from instasam.pseudo_labels.quality import pseudo_label_quality
 from instasam.pseudo_labels.sam import tile_pseudo_labels
 from instasam.pseudo_labels.voronoi import cluster_voronoi_labels
-from instasam.train import load_fixed_labels
+from instasam.training.labels import load_fixed_labels
 
 KEYS = (
     "aji",

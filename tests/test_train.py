@@ -15,17 +15,16 @@ from instasam.config import AugmentConfig, InstaSAMConfig, TrainConfig
 from instasam.losses import total_loss
 from instasam.model.instasam import build_model, read_checkpoint
 from instasam.points import points_from_instances
-from instasam.train import (
+from instasam.training.instasam import (
     BEST,
     LAST,
     Crop,
     TrainingTile,
     crop_losses,
-    load_fixed_labels,
     make_optimiser,
-    relabel_by_points,
     train,
 )
+from instasam.training.labels import load_fixed_labels, relabel_by_points
 
 
 def disks(size: int = 64, n: int = 5, radius: int = 5, seed: int = 0):

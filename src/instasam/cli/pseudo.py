@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from instasam.io.labels import write_label_map
     from instasam.io.overlays import write_overlay_png
     from instasam.pseudo_labels.quality import pseudo_label_quality
-    from instasam.train import load_fixed_labels
+    from instasam.training.labels import load_fixed_labels
 
     config = InstaSAMConfig()
     config = replace(

@@ -123,7 +123,8 @@ def run(args: argparse.Namespace) -> int:
 
     from instasam.io.folder import list_samples, load_sample
     from instasam.model.instasam import build_model
-    from instasam.train import TrainingTile, ValTile, load_fixed_labels, train
+    from instasam.training.instasam import TrainingTile, ValTile, train
+    from instasam.training.labels import load_fixed_labels
 
     config = config_from_args(args)
     samples = list_samples(

@@ -59,7 +59,7 @@ def fixed_labels(args: argparse.Namespace, loaded: list, source: str) -> list[np
             labels_from_pseudo_folder(args.labels_from, s.stem, s.image.shape[:2]) for s in loaded
         ]
     from instasam.model.instasam import build_model
-    from instasam.train import load_fixed_labels
+    from instasam.training.labels import load_fixed_labels
 
     sam_config = InstaSAMConfig()
     sam_config = replace(

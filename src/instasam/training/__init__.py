@@ -1,14 +1,15 @@
-"""Training of the full-resolution nuclei network, one module per stage.
+"""Training, one module per stage.
 
-* :mod:`~instasam.training.labels` - the fixed labels a tile is trained on (S, cluster +
-  Voronoi, ground truth, or a folder written by ``instasam pseudo``);
-* :mod:`~instasam.training.crops` - augmented crops with their foreground and distance
-  targets, and stain/colour jitter;
+* :mod:`~instasam.training.labels` - the fixed labels a tile is trained on (S from SAM
+  prompted with the points, cluster + Voronoi, ground truth; cached), for both
+  architectures;
+* :mod:`~instasam.training.crops` - the nuclei network's augmented crops with their
+  foreground and distance targets, and stain/colour jitter;
 * :mod:`~instasam.training.precision` - bf16 where the CPU computes it natively;
-* :mod:`~instasam.training.validation` - whole validation tiles, and the post-processing
-  thresholds chosen on them;
-* :mod:`~instasam.training.loop` - the optimiser loop: EMA, checkpoints, resume.
-
-The paper's own training (adapters, mask decoder, nuclei decoder on SAM's embedding) is
-:mod:`instasam.train`.
+* :mod:`~instasam.training.validation` - the nuclei network on whole validation tiles, and
+  the post-processing thresholds chosen on them;
+* :mod:`~instasam.training.loop` - the nuclei network's optimiser loop: EMA, checkpoints,
+  resume;
+* :mod:`~instasam.training.instasam` - the paper's training of adapters, mask decoder and
+  nuclei decoder on SAM's embedding (``instasam train --arch instasam``).
 """

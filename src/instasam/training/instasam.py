@@ -1,8 +1,7 @@
-"""Training: pseudo labels once, then adapters and decoders on augmented crops.
+"""The paper's training: adapters, mask decoder and nuclei decoder on SAM's embedding.
 
-The fixed labels S of each tile (SAM's vanilla pseudo labels, cluster+Voronoi labels, or
-the ground truth) are computed once and cached beside the run, since the frozen encoder
-and decoder that make them never change. Each step then draws augmented crops; per crop
+The fixed labels S of each tile come from :mod:`instasam.training.labels`. Each step
+draws augmented crops; per crop
 the adapted encoder feeds (a) the trained mask decoder, prompted with the crop's points,
 whose masks learn S (L_S') and whose rule-filtered output S' gives the targets, and
 (b) the nuclei decoder, which learns the foreground (L_B) and distance maps (L_D).
@@ -12,7 +11,6 @@ a CPU that is as fast as a stacked batch and needs a quarter of the memory.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -30,7 +28,6 @@ from instasam import IGNORE
 from instasam.augment import apply_to_image, apply_to_labels, points_in_crop, random_transform
 from instasam.config import InstaSAMConfig
 from instasam.io.atomic import write_text_atomic
-from instasam.io.labels import read_label_map, write_label_map
 from instasam.losses import mask_loss, masked_distance_loss, total_loss
 from instasam.metrics import compute_metrics, mean_metrics
 from instasam.model.instasam import (
@@ -43,7 +40,6 @@ from instasam.model.instasam import (
 from instasam.predict.tiles import predict_instances
 from instasam.pseudo_labels.sam import (
     prompt_logits,
-    tile_pseudo_labels,
     window_labels,
 )
 from instasam.targets import hv_maps
@@ -79,99 +75,6 @@ class Crop:
     points: np.ndarray
     ids: np.ndarray
     box_sides: np.ndarray
-
-
-# -- fixed labels --------------------------------------------------------------------------
-def fixed_labels_key(config: InstaSAMConfig, points: np.ndarray, image: np.ndarray) -> str:
-    """A digest of everything the fixed labels depend on (cache key)."""
-    digest = hashlib.sha256()
-    digest.update(
-        json.dumps(
-            {
-                "pseudo": config.train.pseudo,
-                "backbone": config.train.backbone,
-                "crop": config.augment.crop_size,
-                "rule": config.pseudo_labels.__dict__,
-            },
-            sort_keys=True,
-            default=str,
-        ).encode()
-    )
-    digest.update(np.ascontiguousarray(points, dtype=np.float64).tobytes())
-    digest.update(np.ascontiguousarray(image[::7, ::7]).tobytes())
-    return digest.hexdigest()[:16]
-
-
-def make_fixed_labels(
-    model: InstaSAM,
-    image: np.ndarray,
-    points: np.ndarray,
-    gt: np.ndarray | None,
-    config: InstaSAMConfig,
-) -> tuple[np.ndarray, np.ndarray]:
-    """S for one tile and the box side chosen per point (NaN where not applicable)."""
-    source = config.train.pseudo
-    nan_sides = np.full(len(points), np.nan)
-    if source == "sam":
-        labels, sides = tile_pseudo_labels(model, image, points, config.pseudo_labels)
-        return labels, sides
-    if source == "gt":
-        if gt is None:
-            raise ValueError("--pseudo gt needs label maps in DATA/labels")
-        return relabel_by_points(gt, points), nan_sides
-    if source == "cv":
-        from instasam.pseudo_labels.voronoi import cluster_voronoi_labels
-
-        return cluster_voronoi_labels(image, points), nan_sides
-    raise ValueError(f"unknown pseudo-label source {source!r}")
-
-
-def relabel_by_points(gt: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Ground truth with ids renumbered to match the points (k = points[k-1]'s nucleus).
-
-    Nuclei that no point falls in are ignored rather than called background: a missing
-    point says nothing about the pixels.
-    """
-    h, w = gt.shape
-    rows = np.clip(np.round(points[:, 1]).astype(int), 0, h - 1)
-    cols = np.clip(np.round(points[:, 0]).astype(int), 0, w - 1)
-    lookup = np.full(int(gt.max()) + 1, IGNORE, dtype=np.int32)
-    lookup[0] = 0
-    hit = gt[rows, cols]
-    lookup[hit[hit > 0]] = np.nonzero(hit > 0)[0].astype(np.int32) + 1
-    return lookup[gt]
-
-
-def load_fixed_labels(
-    model: InstaSAM,
-    stem: str,
-    image: np.ndarray,
-    points: np.ndarray,
-    gt: np.ndarray | None,
-    config: InstaSAMConfig,
-    cache_dir: Path | None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """S from the cache when its key matches, else computed and cached."""
-    key = fixed_labels_key(config, points, image)
-    if cache_dir is not None:
-        labels_path = cache_dir / f"{stem}.{key}.tif"
-        sides_path = cache_dir / f"{stem}.{key}.sides.npy"
-        if labels_path.is_file() and sides_path.is_file():
-            return read_label_map_signed(labels_path), np.load(sides_path)
-    labels, sides = make_fixed_labels(model, image, points, gt, config)
-    if cache_dir is not None:
-        write_label_map_signed(labels_path, labels)
-        np.save(sides_path, sides)
-    return labels, sides
-
-
-def write_label_map_signed(path: Path, labels: np.ndarray) -> None:
-    """Label maps with IGNORE are stored shifted by one (IGNORE -> 0)."""
-    write_label_map(path, labels.astype(np.int64) + 1)
-
-
-def read_label_map_signed(path: Path) -> np.ndarray:
-    return read_label_map(path) - 1
 
 
 # -- crops and losses ----------------------------------------------------------------------
