@@ -46,7 +46,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, help="epochs (default: the paper's 100)")
     p.add_argument("--steps-per-epoch", type=int, help="optimiser steps per epoch")
     p.add_argument("--batch-size", type=int, help="crops per optimiser step (default 4)")
-    p.add_argument("--lr", type=float, help="learning rate (default 1e-4)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        help="learning rate (default: net 2e-3, or 5e-4 with --init; instasam 1e-4)",
+    )
     p.add_argument("--val-from-epoch", type=int, help="first epoch to validate (default 30)")
     p.add_argument(
         "--patience", type=int, help="stop after this many epochs without a better val AJI"

@@ -95,6 +95,8 @@ def run_net(args: argparse.Namespace) -> int:
     if args.init:  # shape and thresholds are those of the network it starts from
         start, init_config = init_network(args.init)
         config = replace(config, net=init_config.net, postprocess=init_config.postprocess)
+        if args.lr is None:
+            config = replace(config, train=replace(config.train, lr=config.train.finetune_lr))
     if args.threads:
         torch.set_num_threads(args.threads)
     precision = resolve_precision(config.train.precision)

@@ -45,11 +45,15 @@ class NetTrainState:
 
 
 def learning_rate(step: int, config: NetTrainConfig) -> float:
-    """Linear warm-up over ``warmup_steps``, then a cosine down to 1 % of ``lr``."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    span = max(1, config.steps - config.warmup_steps)
-    progress = min(1.0, (step - config.warmup_steps) / span)
+    """Linear warm-up, then a cosine down to 1 % of ``lr``.
+
+    The warm-up lasts ``warmup_steps``, at most a tenth of the run (short fine-tuning runs).
+    """
+    warmup = min(config.warmup_steps, config.steps // 10)
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    span = max(1, config.steps - warmup)
+    progress = min(1.0, (step - warmup) / span)
     floor = config.lr * 1e-2
     return floor + (config.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
