@@ -55,6 +55,10 @@ def test_fine_tuning_starts_from_the_given_weights_and_shape(prepared, tmp_path)
     # Two small steps move the weights a little from where they started, not from scratch.
     diff = (last["fg_head.weight"] - start.state_dict()["fg_head.weight"]).abs().max()
     assert diff < 0.05
+    # A few tiles' batch statistics do not replace the ones the weights were trained with.
+    for name, tensor in start.state_dict().items():
+        if "running_" in name:
+            assert torch.equal(last[name], tensor), name
 
 
 @pytest.mark.parametrize("case", ["missing", "not_a_checkpoint", "instasam_run", "damaged"])

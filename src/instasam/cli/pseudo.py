@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from instasam import IGNORE
     from instasam.config import InstaSAMConfig
     from instasam.io.atomic import write_text_atomic
-    from instasam.io.folder import list_samples, load_sample
+    from instasam.io.folder import check_training_points, list_samples, load_sample
     from instasam.io.images import write_mask_png
     from instasam.io.labels import write_label_map
     from instasam.io.overlays import write_overlay_png
@@ -72,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     )
     samples = list_samples(args.data, require_points=True)
     loaded = [load_sample(s) for s in samples]  # every input is checked before any output
+    check_training_points(samples, loaded)
     if args.threads:
         torch.set_num_threads(args.threads)
     model = None

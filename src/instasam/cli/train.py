@@ -49,7 +49,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--lr",
         type=float,
-        help="learning rate (default: net 2e-3, or 5e-4 with --init; instasam 1e-4)",
+        help="learning rate (default: net 2e-3, or 1e-4 with --init; instasam 1e-4)",
     )
     p.add_argument("--val-from-epoch", type=int, help="first epoch to validate (default 30)")
     p.add_argument(
@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     import torch  # heavy imports stay out of `instasam --help`
     from tqdm.auto import tqdm
 
-    from instasam.io.folder import list_samples, load_sample
+    from instasam.io.folder import check_training_points, list_samples, load_sample
     from instasam.model.instasam import build_model
     from instasam.training.instasam import TrainingTile, ValTile, train
     from instasam.training.labels import load_fixed_labels
@@ -136,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
     )
     val_samples = list_samples(args.val, require_labels=True) if args.val else []
     loaded = [load_sample(s) for s in samples]  # validates every file before any work
+    check_training_points(samples, loaded)
     val_loaded = [load_sample(s) for s in val_samples]
     if config.train.num_threads:
         torch.set_num_threads(config.train.num_threads)

@@ -77,7 +77,7 @@ def fixed_labels(args: argparse.Namespace, loaded: list, source: str) -> list[np
 def run_net(args: argparse.Namespace) -> int:
     import torch
 
-    from instasam.io.folder import list_samples, load_sample
+    from instasam.io.folder import check_training_points, list_samples, load_sample
     from instasam.model.unet import NucleiUNet, parameter_count
     from instasam.training.crops import LabelledTile
     from instasam.training.labels import ignore_around_unlabelled_points
@@ -90,6 +90,7 @@ def run_net(args: argparse.Namespace) -> int:
     samples = list_samples(args.data, require_points=True, require_labels=source == "gt")
     val_samples = list_samples(args.val, require_labels=True) if args.val else []
     loaded = [load_sample(s) for s in samples]  # validates every file before any work
+    check_training_points(samples, loaded)
     val_loaded = [load_sample(s) for s in val_samples]
     start = None
     if args.init:  # shape and thresholds are those of the network it starts from

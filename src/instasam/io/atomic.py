@@ -54,9 +54,13 @@ def check_output_folder(path: str | os.PathLike) -> None:
     Nothing is created: the nearest existing ancestor is probed with a temporary file,
     which also catches a read-only file system (where permission bits say nothing to root).
     """
-    path = Path(path)
+    _check_folder(Path(path), Path(path))
+
+
+def _check_folder(path: Path, named: Path) -> None:
+    """:func:`check_output_folder` for ``path``, errors naming ``named``."""
     if path.exists() and not path.is_dir():
-        raise InputError(path, "exists and is not a folder")
+        raise InputError(path, "is a file, not a folder")
     ancestor = path
     while not ancestor.exists():
         ancestor = ancestor.parent
@@ -65,7 +69,7 @@ def check_output_folder(path: str | os.PathLike) -> None:
     try:
         fd, probe = tempfile.mkstemp(prefix=".instasam-probe.", dir=ancestor)
     except OSError as exc:
-        raise InputError(path, f"cannot write here ({exc.strerror or exc})") from None
+        raise InputError(named, f"cannot write here ({exc.strerror or exc})") from None
     os.close(fd)
     os.unlink(probe)
 
@@ -75,4 +79,4 @@ def check_output_file(path: str | os.PathLike) -> None:
     path = Path(path)
     if path.is_dir():
         raise InputError(path, "names a folder; give a file name")
-    check_output_folder(path.parent)
+    _check_folder(path.parent, path)

@@ -179,3 +179,20 @@ __all__ = [
     "pick_one",
     "unique_images",
 ]
+
+
+def check_training_points(samples: list[Sample], loaded: list[LoadedSample]) -> None:
+    """Refuse a tile to learn from that has no points.
+
+    A points file may be empty (``prepare`` writes one for a tile without nuclei, and
+    QuPath exports one for a tile nobody annotated); learning from it would teach the whole
+    tile as background, or, with SAM pseudo labels, ignore all of it. Either way it is
+    almost always a forgotten annotation, so it is an error naming the file, as an empty
+    GeoJSON already is.
+    """
+    for sample, data in zip(samples, loaded, strict=True):
+        if data.points is not None and len(data.points) == 0:
+            raise InputError(
+                sample.points_path,
+                "no points (a header but no rows): annotate the tile or remove it",
+            )

@@ -57,8 +57,8 @@ def read_points(path: str | os.PathLike, mpp: float | None = None) -> np.ndarray
     Raises
     ------
     InputError
-        If the file is missing or of an unknown suffix, has no point columns or no points, a
-        value is missing or not a finite number (the line is named), µm columns come without
+        If the file is missing or of an unknown suffix, has no point columns, a value is
+        missing or not a finite number (the line is named), µm columns come without
         ``mpp``, or a GeoJSON file is malformed or holds no Point/MultiPoint.
     """
     path = Path(path)
@@ -101,8 +101,6 @@ def _read_table(path: Path, mpp: float | None) -> np.ndarray:
         if not (np.isfinite(x) and np.isfinite(y)):
             raise InputError(path, f"line {line_no}: x/y are not finite ({x}, {y})")
         points.append((x * scale - offset, y * scale - offset))
-    if not points:  # as for a GeoJSON without points: a tile to learn from needs them
-        raise InputError(path, "no points (a header but no rows)")
     return np.asarray(points, dtype=np.float64).reshape(-1, 2)
 
 

@@ -68,6 +68,17 @@ def update_ema(ema: NucleiUNet, net: NucleiUNet, decay: float, step: int) -> Non
         e.copy_(b)
 
 
+def freeze_batch_norm(net: torch.nn.Module) -> None:
+    """Keep the BatchNorm statistics a network was trained with (fine-tuning).
+
+    A few tiles of a new tissue give noisy batch statistics; updating the running means
+    with them moved the shipped model's normalisation away from what its weights expect.
+    """
+    for module in net.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
 def batch_losses(
     net: NucleiUNet,
     images: np.ndarray,
@@ -136,6 +147,8 @@ def train_net(
         state = _restore(run / LAST, config, net, ema, optimiser, rng)
     write_text_atomic(run / "config.json", json.dumps(config.to_dict(), indent=2))
     net.train()
+    if init_state is not None:
+        freeze_batch_norm(net)
     ema.eval()
     bar = tqdm(total=tc.steps, initial=state.step, disable=not progress, unit="step")
     started = time.perf_counter()
