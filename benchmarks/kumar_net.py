@@ -16,27 +16,16 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import shlex
-import sys
 import time
 from pathlib import Path
 
 import torch
+from stages import run
 
-from instasam.cli import main as instasam
 from instasam.io.atomic import write_text_atomic
 from instasam.training.precision import cpu_has_native_bf16
 
 RESULTS = Path(__file__).parent / "results" / "net"
-
-
-def run(argv: list[str], log: list[dict]) -> None:
-    print(f"\n$ instasam {shlex.join(argv)}", flush=True)
-    started = time.perf_counter()
-    status = instasam(argv)
-    log.append({"command": argv, "seconds": round(time.perf_counter() - started, 1)})
-    if status:
-        sys.exit(f"stage failed with status {status}: instasam {shlex.join(argv)}")
 
 
 def prepare(src: Path, data: Path, log: list[dict]) -> None:
