@@ -106,6 +106,11 @@ def _case_train_bad_config(t):
     return argv, t / "config.json"
 
 
+def _case_train_epochs_for_net(t):
+    data = _data(t / "data")
+    return ["train", "--data", str(data), "--out", str(t / "out"), "--epochs", "2"], "--epochs"
+
+
 def _case_train_init_missing(t):
     data = _data(t / "data")
     argv = ["train", "--data", str(data), "--out", str(t / "out"), "--init", str(t / "m.pt")]
@@ -215,6 +220,7 @@ CASES = {
     ("pseudo", "a point coordinate that is not a number"): _case_pseudo_points_not_numbers,
     ("train", "an image without a points file"): _case_train_missing_points,
     ("train", "--config not JSON"): _case_train_bad_config,
+    ("train", "--epochs given to the nuclei network (--arch net)"): _case_train_epochs_for_net,
     ("train", "--init file missing"): _case_train_init_missing,
     ("train", "--init not a checkpoint"): _case_train_init_not_checkpoint,
     ("train", "--init an InstaSAM (not nuclei-network) run"): _case_train_init_instasam_run,

@@ -114,10 +114,32 @@ def config_from_args(args: argparse.Namespace) -> InstaSAMConfig:
     return config
 
 
+# Options that mean something for one architecture only; given to the other, they would be
+# silently ignored (a user asking for 2 epochs would train 1,500 steps).
+ONLY_FOR = {
+    "net": ("steps", "init", "labels_from"),
+    "instasam": ("epochs", "steps_per_epoch", "val_from_epoch", "patience"),
+}
+
+
+def check_arch_options(args: argparse.Namespace) -> None:
+    for arch, names in ONLY_FOR.items():
+        if arch == args.arch:
+            continue
+        for name in names:
+            value = getattr(args, name)
+            if value is not None:
+                option = "--" + name.replace("_", "-")
+                raise InputError(
+                    option, f"applies to --arch {arch} only (this is --arch {args.arch})"
+                )
+
+
 def run(args: argparse.Namespace) -> int:
     from instasam.io.atomic import check_output_folder
 
     check_output_folder(args.out)
+    check_arch_options(args)
     if args.arch == "net":
         from instasam.cli.train_net import run_net
 
