@@ -393,7 +393,7 @@ def test_single_level_tiff_is_read_as_a_one_level_slide(tmp_path, monkeypatch):
 # --- resume ---------------------------------------------------------------------------------
 
 
-def test_resume_skips_finished_tiles_and_gives_the_same_file(synthetic, tmp_path):
+def test_resume_skips_finished_tiles_and_gives_the_same_file(synthetic, tmp_path, capsys):
     path, _ = synthetic
     config = SlidePredictConfig(tile=TILE, overlap=OVERLAP)
     reference = tmp_path / "ref" / "nuclei.geojson"
@@ -412,9 +412,14 @@ def test_resume_skips_finished_tiles_and_gives_the_same_file(synthetic, tmp_path
                 SlidePredictConfig(tile=300, overlap=OVERLAP),
                 progress=False,
             )
+        # What a SIGKILL during the final assembly leaves: its hidden temporary file.
+        (out.parent / ".nuclei.k1ll3d.tmp.geojson").write_bytes(b"")
         model = DarkNuclei()
-        run = predict_slide(slide, model, out, config, progress=False)
+        capsys.readouterr()
+        run = predict_slide(slide, model, out, config, progress=True)
     assert model.calls == 16 - 5 and run.tiles_resumed == 5 and run.tiles_predicted == 11
+    # The bar counts the slide's nuclei, resumed tiles included.
+    assert f"nuclei={run.nuclei}" in capsys.readouterr().err
     assert out.read_bytes() == reference.read_bytes()
     assert not partial_dir(out).exists()
     assert [p.name for p in out.parent.iterdir()] == ["nuclei.geojson"]

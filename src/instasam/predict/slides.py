@@ -227,7 +227,8 @@ def predict_slide(
     owners = _point_owners(points, plan, working)
     namespace = id_namespace(f"{slide.name}:{slide.dimensions[0]}x{slide.dimensions[1]}")
 
-    pending = [t for t in plan.todo if not _tile_file(sidecar, t).is_file()]
+    finished = [_tile_file(sidecar, t).is_file() for t in plan.todo]
+    pending = [t for t, done in zip(plan.todo, finished, strict=True) if not done]
     run.tiles_resumed = len(plan.todo) - len(pending)
     bar = tqdm(
         total=len(plan.todo),
@@ -237,7 +238,13 @@ def predict_slide(
         disable=not progress,
         dynamic_ncols=True,
     )
-    found = 0
+    # Resumed tiles count too: the bar shows the slide's nuclei so far, not this run's.
+    found = sum(
+        _tile_header(_tile_file(sidecar, t))["nuclei"]
+        for t, done in zip(plan.todo, finished, strict=True)
+        if done
+    )
+    bar.set_postfix(nuclei=found, refresh=False)
     try:
         for tile in pending:
             header, lines = _predict_tile(
@@ -257,6 +264,7 @@ def predict_slide(
     finally:
         bar.close()
 
+    _remove_stale_assembly(out)
     with GeoJSONDetectionWriter(out) as writer:
         for tile in plan.todo:
             header = _copy_tile(_tile_file(sidecar, tile), writer)
@@ -386,6 +394,21 @@ def _first_difference(old: Any, new: dict[str, Any]) -> str:
 
 def _tile_file(sidecar: Path, tile: Tile) -> Path:
     return sidecar / f"{tile.name}.jsonl"
+
+
+def _tile_header(path: Path) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as fh:
+        return json.loads(fh.readline())
+
+
+def _remove_stale_assembly(out: Path) -> None:
+    """Delete temporary GeoJSONs that a killed assembly of ``out`` left beside it.
+
+    The assembly writes to a hidden temporary file renamed onto ``out`` at the end; a
+    SIGKILL skips the clean-up, and nothing else would ever remove the file.
+    """
+    for stale in out.parent.glob(f".{out.stem}.*.tmp{out.suffix}"):
+        stale.unlink(missing_ok=True)
 
 
 def _copy_tile(path: Path, writer: GeoJSONDetectionWriter) -> dict[str, Any]:
