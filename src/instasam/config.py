@@ -222,7 +222,7 @@ class NetTrainConfig:
     crop_size: int = 256
     lr: float = 2e-3
     # With --init the weights are already good: on the demo crop, 30 steps at 5e-4 took the
-    # shipped model from AJI 51.4 to 43.3, at 1e-4 to 48.5 (BatchNorm statistics frozen).
+    # seed-0 model from AJI 51.4 to 43.3, at 1e-4 to 48.5 (BatchNorm statistics frozen).
     finetune_lr: float = 1e-4
     weight_decay: float = 1e-4
     warmup_steps: int = 100  # linear warm-up, then cosine to ``lr * 1e-2``
