@@ -36,3 +36,18 @@ def _few_threads():
         return
     # INSTASAM_TEST_THREADS=1 keeps the suite from fighting a benchmark for the same cores.
     torch.set_num_threads(int(os.environ.get("INSTASAM_TEST_THREADS", min(2, os.cpu_count() or 1))))
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    """The bundled sample prepared as ``train/`` and ``test/`` (one folder per test module,
+    so modules that write runs and predictions beside it never meet)."""
+    from instasam.cli import main
+    from instasam.cli.demo import sample_dir
+
+    out = tmp_path_factory.mktemp("prepared")
+    split = sample_dir() / "split.json"
+    for subset in ("train", "test"):
+        argv = ["prepare", "monuseg", str(sample_dir()), str(out / subset)]
+        assert main([*argv, "--split", str(split), "--subset", subset]) == 0
+    return out

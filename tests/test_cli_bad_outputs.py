@@ -13,16 +13,6 @@ from instasam.cli.demo import sample_dir
 from instasam.io.labels import write_label_map
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bad")
-    split = sample_dir() / "split.json"
-    for subset in ("train", "test"):
-        argv = ["prepare", "monuseg", str(sample_dir()), str(out / subset)]
-        assert main([*argv, "--split", str(split), "--subset", subset]) == 0
-    return out
-
-
 def _one_error_line(capsys, path) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err

@@ -8,33 +8,28 @@ import pytest
 import torch
 
 from instasam.cli import main
-from instasam.cli.demo import sample_dir
 from instasam.config import NetConfig, NucleiNetConfig
 from instasam.io.labels import read_label_map
 from instasam.model.unet import NucleiUNet, save_net
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    out = tmp_path_factory.mktemp("net")
-    split = sample_dir() / "split.json"
-    for subset in ("train", "test"):
-        argv = ["prepare", "monuseg", str(sample_dir()), str(out / subset)]
-        assert main([*argv, "--split", str(split), "--subset", subset]) == 0
-    config = json.loads(json.dumps(NetConfig(net=NucleiNetConfig(widths=(4, 8))).to_dict()))
-    (out / "tiny.json").write_text(json.dumps(config))
-    return out
+def tiny_config(tmp_path_factory):
+    """A nuclei-network configuration small enough to train in seconds."""
+    path = tmp_path_factory.mktemp("config") / "tiny.json"
+    path.write_text(json.dumps(NetConfig(net=NucleiNetConfig(widths=(4, 8))).to_dict()))
+    return path
 
 
-def _train(prepared, run, *extra):
+def _train(prepared, config, run, *extra):
     argv = ["train", "--data", str(prepared / "train"), "--val", str(prepared / "test")]
     argv += ["--out", str(run), "--pseudo", "gt", "--steps", "2", "--batch-size", "1"]
-    return main([*argv, "--config", str(prepared / "tiny.json"), "--quiet", *extra])
+    return main([*argv, "--config", str(config), "--quiet", *extra])
 
 
-def test_train_net_then_predict_with_it(prepared, capsys):
+def test_train_net_then_predict_with_it(prepared, tiny_config, capsys):
     run = prepared / "run"
-    assert _train(prepared, run) == 0
+    assert _train(prepared, tiny_config, run) == 0
     out = capsys.readouterr().out
     assert "nuclei network" in out and "best val AJI" in out
     pred = prepared / "pred"
@@ -44,13 +39,13 @@ def test_train_net_then_predict_with_it(prepared, capsys):
     assert read_label_map(tif).shape == (256, 256)
 
 
-def test_fine_tuning_starts_from_the_given_weights_and_shape(prepared, tmp_path):
+def test_fine_tuning_starts_from_the_given_weights_and_shape(prepared, tiny_config, tmp_path):
     torch.manual_seed(1)
     shape = NucleiNetConfig(widths=(4, 8, 16))  # not the run configuration's (4, 8)
     start = NucleiUNet(shape)
     save_net(tmp_path / "start.pt", start, NetConfig(net=shape))
     run = tmp_path / "tuned"
-    assert _train(prepared, run, "--init", str(tmp_path / "start.pt")) == 0
+    assert _train(prepared, tiny_config, run, "--init", str(tmp_path / "start.pt")) == 0
     last = torch.load(run / "last.pt", weights_only=False)["net"]
     # Two small steps move the weights a little from where they started, not from scratch.
     diff = (last["fg_head.weight"] - start.state_dict()["fg_head.weight"]).abs().max()
@@ -62,7 +57,7 @@ def test_fine_tuning_starts_from_the_given_weights_and_shape(prepared, tmp_path)
 
 
 @pytest.mark.parametrize("case", ["missing", "not_a_checkpoint", "instasam_run", "damaged"])
-def test_bad_init_is_one_line_and_exit_2(prepared, tmp_path, capsys, case):
+def test_bad_init_is_one_line_and_exit_2(prepared, tiny_config, tmp_path, capsys, case):
     bad = tmp_path / "bad.pt"
     if case == "not_a_checkpoint":
         bad.write_text("hello")
@@ -71,7 +66,7 @@ def test_bad_init_is_one_line_and_exit_2(prepared, tmp_path, capsys, case):
     elif case == "damaged":  # weights of one shape under a configuration of another
         save_net(bad, NucleiUNet(NucleiNetConfig(widths=(4, 8, 16))), NetConfig())
     run = tmp_path / "run"
-    assert _train(prepared, run, "--init", str(bad)) == 2
+    assert _train(prepared, tiny_config, run, "--init", str(bad)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"instasam: error: {bad}")
     assert not run.exists()

@@ -12,19 +12,8 @@ import numpy as np
 import pytest
 
 from instasam.cli import main
-from instasam.cli.demo import sample_dir
 from instasam.io.labels import read_label_map
 from instasam.metrics import METRIC_KEYS
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    out = tmp_path_factory.mktemp("workflow")
-    split = sample_dir() / "split.json"
-    for subset in ("train", "test"):
-        argv = ["prepare", "monuseg", str(sample_dir()), str(out / subset)]
-        assert main([*argv, "--split", str(split), "--subset", subset]) == 0
-    return out
 
 
 def test_sam_pseudo_labels_of_a_real_crop_match_its_nuclei(prepared, capsys):
