@@ -2,7 +2,9 @@
 
 Prepares the Kumar tiles (train 12 + val 4, test 14) with centred points, makes the fixed
 labels (``sam``: S from LiteMedSAM prompted with the points; ``cv``: cluster + Voronoi;
-``gt``: the ground-truth masks), trains the full-resolution nuclei network on them
+``gt``: the ground-truth masks; ``model``: one round of self-training, the labels of
+``instasam pseudo --source model`` made by the ``--teacher`` row's network with flips and
+checked against the points, falling back on S), trains the full-resolution nuclei network on them
 (``instasam train --arch net``), predicts the 14 test tiles and evaluates them. Every stage
 is a plain ``instasam`` command, printed before it runs and skipped when its output exists
 (training resumes), so an interrupted row continues where it stopped. Each finished row is
@@ -40,7 +42,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--monuseg", type=Path, default=Path("../shared/data/monuseg"))
     parser.add_argument("--out", type=Path, default=Path("bench_out/k"))
-    parser.add_argument("--labels", choices=("sam", "cv", "gt"), default="sam")
+    parser.add_argument("--labels", choices=("sam", "cv", "gt", "model"), default="sam")
+    parser.add_argument(
+        "--teacher", default="sam_seed1", help="for --labels model: the row whose network labels"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, help="optimiser steps (default: the recipe's)")
     parser.add_argument("--threads", type=int, default=2)
@@ -51,6 +56,8 @@ def main() -> None:
     data = args.out / "data"
     prepare(args.monuseg, data, log)
     name = f"{args.labels}_seed{args.seed}" + (f"_steps{args.steps}" if args.steps else "")
+    if args.labels == "model":
+        name = f"model_{args.teacher}_seed{args.seed}"
     run_dir, pred = args.out / "runs" / name, args.out / "pred" / name
     train = ["train", "--data", str(data / "train"), "--val", str(data / "val")]
     train += ["--out", str(run_dir), "--seed", str(args.seed), "--resume", "--quiet"]
@@ -58,6 +65,16 @@ def main() -> None:
         train += ["--steps", str(args.steps)]
     if args.labels == "gt":
         train += ["--pseudo", "gt"]
+    elif args.labels == "model":
+        labels = args.out / f"pseudo_model_{args.teacher}"
+        teacher = args.out / "runs" / args.teacher / "model.pt"
+        if not teacher.is_file():
+            parser.error(f"{teacher} missing: run the {args.teacher} row first")
+        pseudo = ["pseudo", "--data", str(data / "train"), "--out", str(labels), "--source"]
+        pseudo += ["model", "--model", str(teacher), "--previous", str(args.out / "pseudo_sam")]
+        if not (labels / "source.json").is_file():
+            run([*pseudo, "--flips", "--threads", str(args.threads)], log)
+        train += ["--labels-from", str(labels)]
     else:
         labels = args.out / f"pseudo_{args.labels}"
         pseudo = ["pseudo", "--data", str(data / "train"), "--out", str(labels)]
@@ -88,6 +105,7 @@ def main() -> None:
     summary = {
         "row": name,
         "labels": args.labels,
+        "teacher": args.teacher if args.labels == "model" else None,
         "seed": args.seed,
         "machine": f"{platform.processor() or platform.machine()}, {args.threads} threads, "
         f"native bf16: {cpu_has_native_bf16()}",

@@ -216,7 +216,8 @@ class NetTrainConfig:
     rates were chosen on the Kumar validation tiles (see the README's results).
     """
 
-    labels: Literal["sam", "cv", "gt"] = "sam"
+    # "model": a trained network's predictions checked against the points (self-training).
+    labels: Literal["sam", "cv", "gt", "model"] = "sam"
     steps: int = 1500
     batch_size: int = 8
     crop_size: int = 256

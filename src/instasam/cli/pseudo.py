@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-SOURCES = ("sam", "cv")
+SOURCES = ("sam", "cv", "model")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -16,8 +16,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "learns from: OUT/labels/<stem>.tif (nucleus k = the nucleus of point k, ignored "
         "pixels as 0), OUT/ignored/<stem>.png (255 where the entropy/overlap rule gives no "
         "label) and, with --overlay, outlines over the image. When DATA has labels/, each "
-        "tile is scored against them and OUT/quality.json is written. Tiles already done "
-        "are skipped (resume).",
+        "tile is scored against them and OUT/quality.json is written. With --source sam or "
+        "cv, tiles already done are skipped (resume). --source model makes the labels of a "
+        "second round of training (self-training): a trained network segments the tiles "
+        "and the points decide what becomes a label.",
     )
     p.add_argument("--data", required=True, type=Path, help="prepared folder (images/, points/)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
@@ -26,8 +28,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         choices=SOURCES,
         default="sam",
         help="sam: the backbone prompted with each point (Eq. 2-4); cv: cluster + Voronoi "
-        "labels (Qu et al. 2019), no model needed (default: sam)",
+        "labels (Qu et al. 2019), no model needed; model: a trained nuclei network's "
+        "prediction checked against the points (self-training; needs --model) (default: sam)",
     )
+    own = p.add_argument_group("--source model")
+    own.add_argument(
+        "--model",
+        help="the trained network whose predictions become labels: a shipped model's name or "
+        "a model.pt",
+    )
+    own.add_argument(
+        "--previous",
+        type=Path,
+        help="the labels that network was trained on (a folder `instasam pseudo` wrote): a "
+        "nucleus the prediction misses keeps its label from there",
+    )
+    own.add_argument("--flips", action="store_true", help="average the four flips (4x time)")
+    own.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     p.add_argument("--backbone", default="litemedsam", help="backbone name (default: litemedsam)")
     p.add_argument("--sam-checkpoint", help="weights file for the backbone")
     p.add_argument(
@@ -41,49 +58,49 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def check_source_options(args: argparse.Namespace) -> None:
+    """--model and its options belong to --source model, which needs --model."""
+    from instasam.errors import InputError
+
+    if args.source == "model" and not args.model:
+        raise InputError(None, "--source model needs --model (a shipped name or a model.pt)")
+    if args.source != "model":
+        given = [f"--{n}" for n in ("model", "previous") if getattr(args, n)]
+        given += ["--flips"] if args.flips else []
+        if given:
+            raise InputError(None, f"{', '.join(given)} only apply to --source model")
+    if args.previous is not None and not args.previous.is_dir():
+        raise InputError(args.previous, "not a folder written by `instasam pseudo`")
+
+
 def run(args: argparse.Namespace) -> int:
     from instasam.io.atomic import check_output_folder
 
+    check_source_options(args)
     check_output_folder(args.out)
     import json
-    from dataclasses import replace
 
     import numpy as np
     import torch
     from tqdm.auto import tqdm
 
     from instasam import IGNORE
-    from instasam.config import InstaSAMConfig
     from instasam.io.atomic import write_text_atomic
     from instasam.io.folder import check_training_points, list_samples, load_sample
     from instasam.io.images import write_mask_png
     from instasam.io.labels import write_label_map
     from instasam.io.overlays import write_overlay_png
     from instasam.pseudo_labels.quality import pseudo_label_quality
-    from instasam.training.labels import load_fixed_labels
 
-    config = InstaSAMConfig()
-    config = replace(
-        config,
-        train=replace(config.train, pseudo=args.source, backbone=args.backbone),
-        pseudo_labels=replace(
-            config.pseudo_labels, reject_overlapping_instances=args.reject_overlapping
-        ),
-    )
     samples = list_samples(args.data, require_points=True)
     loaded = [load_sample(s) for s in samples]  # every input is checked before any output
     check_training_points(samples, loaded)
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = None
-    if args.source == "sam":
-        from instasam.model.instasam import build_model
-
-        model = build_model(config, checkpoint=args.sam_checkpoint).eval()
-    cache = args.out / "cache"
+    labeller = model_labeller(args, loaded) if args.source == "model" else point_labeller(args)
     scores: dict[str, dict[str, float]] = {}
     for s in tqdm(loaded, desc=f"pseudo labels ({args.source})", unit="tile", disable=None):
-        fixed, _ = load_fixed_labels(model, s.stem, s.image, s.points, None, config, cache)
+        fixed = labeller(s)
         write_label_map(args.out / "labels" / f"{s.stem}.tif", np.maximum(fixed, 0))
         write_mask_png(args.out / "ignored" / f"{s.stem}.png", fixed == IGNORE)
         if args.overlay:
@@ -92,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
             )
         if s.labels is not None:
             scores[s.stem] = pseudo_label_quality(fixed, s.labels)
+    write_text_atomic(args.out / SOURCE_FILE, json.dumps(source_record(args), indent=2))
     if scores:
         mean = {
             k: float(np.mean([v[k] for v in scores.values()])) for k in next(iter(scores.values()))
@@ -106,3 +124,71 @@ def run(args: argparse.Namespace) -> int:
         )
     print(f"{len(loaded)} tile(s) labelled ({args.source}); output in {args.out}")
     return 0
+
+
+SOURCE_FILE = "source.json"  # what made the labels; `train --labels-from` records it
+
+
+def source_record(args: argparse.Namespace) -> dict:
+    record = {"source": args.source}
+    if args.source == "model":
+        record.update(model=str(args.model), previous=args.previous and str(args.previous))
+        record["flips"] = args.flips
+    return record
+
+
+def point_labeller(args: argparse.Namespace):
+    """S (the backbone prompted with the points) or C+V of a tile, cached in OUT/cache."""
+    from dataclasses import replace
+
+    from instasam.config import InstaSAMConfig
+    from instasam.training.labels import load_fixed_labels
+
+    config = InstaSAMConfig()
+    config = replace(
+        config,
+        train=replace(config.train, pseudo=args.source, backbone=args.backbone),
+        pseudo_labels=replace(
+            config.pseudo_labels, reject_overlapping_instances=args.reject_overlapping
+        ),
+    )
+    model = None
+    if args.source == "sam":
+        from instasam.model.instasam import build_model
+
+        model = build_model(config, checkpoint=args.sam_checkpoint).eval()
+    cache = args.out / "cache"
+
+    def label(s):
+        return load_fixed_labels(model, s.stem, s.image, s.points, None, config, cache)[0]
+
+    return label
+
+
+def model_labeller(args: argparse.Namespace, loaded: list):
+    """A trained network's prediction of a tile, checked against its points."""
+    import numpy as np
+
+    from instasam.predict.tiles import NetPredictor, load_predictor
+    from instasam.pseudo_labels.refine import refined_labels
+    from instasam.training.labels import labels_from_pseudo_folder
+
+    if args.previous:  # every tile's previous labels must be there before any output
+        for s in loaded:
+            labels_from_pseudo_folder(args.previous, s.stem, s.image.shape[:2])
+    predictor = load_predictor(args.model, precision=args.precision, flips=args.flips)
+    if not isinstance(predictor, NetPredictor):
+        from instasam.errors import InputError
+
+        raise InputError(args.model, "not a nuclei-network model (--source model needs one)")
+
+    def label(s):
+        shape = s.image.shape[:2]
+        previous = (
+            labels_from_pseudo_folder(args.previous, s.stem, shape)
+            if args.previous
+            else np.zeros(shape, dtype=np.int32)
+        )
+        return refined_labels(predictor.predict_instances(s.image), s.points, previous)
+
+    return label

@@ -20,7 +20,7 @@ def net_config_from_args(args: argparse.Namespace) -> NetConfig:
         except (OSError, ValueError, TypeError) as exc:
             raise InputError(args.config, f"bad configuration ({exc})") from None
     overrides = {
-        "labels": args.pseudo,
+        "labels": labels_source(args),
         "steps": args.steps,
         "batch_size": args.batch_size,
         "lr": args.lr,
@@ -32,6 +32,24 @@ def net_config_from_args(args: argparse.Namespace) -> NetConfig:
     if args.dist_loss:
         config = replace(config, loss=replace(config.loss, dist_loss=args.dist_loss))
     return config
+
+
+def labels_source(args: argparse.Namespace) -> str:
+    """What the training labels are: --pseudo, or what made the --labels-from folder."""
+    if not args.labels_from:
+        return args.pseudo
+    from instasam.cli.pseudo import SOURCE_FILE
+
+    record = args.labels_from / SOURCE_FILE
+    if not record.is_file():  # written by earlier versions without it: S or C+V
+        return args.pseudo
+    try:
+        source = json.loads(record.read_text())["source"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(record, f"unreadable ({exc})") from None
+    if source not in ("sam", "cv", "model"):
+        raise InputError(record, f"unknown label source {source!r}")
+    return source
 
 
 def init_network(spec: str) -> tuple[dict, NetConfig]:
