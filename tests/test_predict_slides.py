@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tifffile
 from scipy import ndimage
+from skimage.draw import polygon as draw_polygon
 
 from instasam.cli import main
 from instasam.errors import InputError
@@ -574,3 +575,51 @@ def test_cli_runs_a_real_model_end_to_end(tmp_path, capsys):
     assert data["type"] == "FeatureCollection" and isinstance(data["features"], list)
     assert f"{out}: {len(data['features'])} nuclei from 1 of 1 tiles" in captured.out
     assert [p.name for p in out.parent.iterdir()] == ["nuclei.geojson"]  # sidecar removed
+
+
+# --- a real network: seams ------------------------------------------------------------
+def _pixel_sets(features, shape):
+    """Each detection's pixels (outline filled at pixel centres) as one label map, and how
+    many pixels two outlines claim."""
+    labels = np.zeros(shape, dtype=np.int32)
+    shared = 0
+    for i, f in enumerate(features, 1):
+        ring = np.asarray(f["geometry"]["coordinates"][0], dtype=float)
+        rr, cc = draw_polygon(ring[:, 1] - 0.5, ring[:, 0] - 0.5, shape)
+        shared += int((labels[rr, cc] > 0).sum())
+        labels[rr, cc] = i
+    return labels, shared
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+@pytest.mark.parametrize("tile", [1024, 256])
+def test_real_model_on_a_real_tile_keeps_each_nucleus_once(monuseg_root, tmp_path, tile):
+    from instasam.io.images import read_rgb
+    from instasam.io.slides import open_slide
+    from instasam.metrics import compute_metrics
+    from instasam.predict.slides import SlidePredictConfig, predict_slide
+    from instasam.predict.tiles import load_predictor
+
+    image = read_rgb(monuseg_root / "train" / "images" / "TCGA-21-5784-01Z-00-DX1.tif")
+    # 1000 px mirrored to 1400: two columns and rows of default tiles, seams in tissue.
+    rgb = np.pad(image, ((0, 400), (0, 400), (0, 0)), mode="reflect")
+    path = tmp_path / "tile.tif"
+    write_pyramid(path, rgb, levels=1)
+    predictor = load_predictor("monuseg-points")
+    whole = predictor.predict_instances(rgb)
+    out = tmp_path / "nuclei.geojson"
+    with open_slide(path) as slide:
+        config = SlidePredictConfig(tile=tile, overlap=64, use_tissue_mask=False)
+        predict_slide(slide, predictor, out, config, progress=False)
+    features = json.loads(out.read_text())["features"]
+    tiled, shared = _pixel_sets(features, rgb.shape[:2])
+    assert shared == 0  # no pixel in two detections, so no nucleus twice
+    n_whole = int(whole.max())
+    agreement = compute_metrics(whole, tiled)
+    if tile == 1024:  # seams only: nearly every nucleus as the whole image has it
+        assert abs(len(features) - n_whole) <= 0.01 * n_whole
+        assert agreement["f1"] > 0.97 and agreement["aji"] > 0.9
+    else:  # 256 px tiles change the segmentation throughout (see the README)
+        assert abs(len(features) - n_whole) <= 0.1 * n_whole
+        assert agreement["f1"] > 0.85
