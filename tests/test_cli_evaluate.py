@@ -120,6 +120,43 @@ def test_report_without_images_uses_grey_background(dirs):
     assert text.count("data:image/png;base64,") == len(STEMS)
 
 
+def test_report_counts_nuclei_and_says_what_made_the_prediction(dirs):
+    report = dirs["out"] / "report"
+    assert _evaluate(dirs, "--report", str(report)) == 0
+    text = (report / "report.html").read_text()
+    assert "<th>GT nuclei</th><th>predicted</th>" in text
+    for k, stem in enumerate(STEMS):
+        gt = _labels(k)
+        n_gt, n_pred = len(np.unique(gt)) - 1, len(np.unique(_prediction(gt))) - 1
+        row = re.search(rf"<tr><td>{stem}</td>(.*?)</tr>", text).group(1)
+        assert row.endswith(f"<td>{n_gt}</td><td>{n_pred}</td>")
+    assert "Model and thresholds: unknown" in text
+    record = {
+        "model": "monuseg-points",
+        "sha256": "feb85d180fdde2bb" + "0" * 48,
+        "postprocess": {"fg_threshold": 0.7, "edge_threshold": 0.5},
+        "precision": "bf16",
+        "flips": True,
+        "instasam": "9.9",
+    }
+    (dirs["pred"] / "prediction.json").write_text(json.dumps(record))
+    assert _evaluate(dirs, "--report", str(report)) == 0
+    text = (report / "report.html").read_text()
+    assert "<code>monuseg-points</code> (sha256 feb85d180fdd" in text
+    assert "foreground 0.7, marker 0.5; precision bf16; four flips averaged" in text
+
+
+def test_report_chart_title_and_mean_label_do_not_collide(dirs):
+    report = dirs["out"] / "report"
+    assert _evaluate(dirs, "--report", str(report)) == 0
+    svg = (report / "report.html").read_text().split("<svg", 1)[1].split("</svg>", 1)[0]
+    title_y = float(re.search(r'<text x="[\d.]+" y="([\d.]+)" font-weight="bold"', svg).group(1))
+    mean_y = float(re.search(r'y="([\d.]+)" fill="#c0392b"[^>]*>mean', svg).group(1))
+    first_bar_y = min(float(y) for y in re.findall(r'<rect x="[\d.]+" y="([\d.]+)"', svg))
+    # 11 px text: the baselines must be a line apart, and the label above the bars.
+    assert mean_y - title_y >= 12 and mean_y <= first_bar_y
+
+
 def _assert_one_line_error(capsys, *needles: str) -> str:
     err = capsys.readouterr().err
     lines = err.strip().splitlines()

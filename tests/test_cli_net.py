@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -34,9 +35,13 @@ def test_train_net_then_predict_with_it(prepared, tiny_config, capsys):
     assert "nuclei network" in out and "best val AJI" in out
     pred = prepared / "pred"
     argv = ["predict", str(prepared / "test" / "images"), "--model", str(run / "model.pt")]
-    assert main([*argv, "--out", str(pred), "--precision", "fp32"]) == 0
+    assert main([*argv, "--out", str(pred), "--precision", "fp32", "--fg-threshold", "0.6"]) == 0
     (tif,) = pred.glob("*.tif")
     assert read_label_map(tif).shape == (256, 256)
+    record = json.loads((pred / "prediction.json").read_text())
+    assert record["sha256"] == hashlib.sha256((run / "model.pt").read_bytes()).hexdigest()
+    assert record["postprocess"]["fg_threshold"] == 0.6  # what was used, not the default
+    assert record["precision"] == "fp32" and record["flips"] is False
 
 
 def test_fine_tuning_starts_from_the_given_weights_and_shape(prepared, tiny_config, tmp_path):

@@ -21,6 +21,8 @@ from instasam.io.overlays import GT_COLOUR, PRED_COLOUR, overlay_png_bytes
 from instasam.metrics import METRIC_KEYS, METRIC_LABELS
 
 REPORT_NAME = "report.html"
+#: What ``instasam predict`` records beside its label maps (model, thresholds, precision).
+PREDICTION_RECORD = "prediction.json"
 #: Longest side of the overlays in the report; ~200 kB per H&E tile at 480.
 DEFAULT_MAX_SIDE = 480
 
@@ -47,13 +49,18 @@ def _percent(value: float) -> str:
     return f"{100.0 * value:.2f}"
 
 
-def _metric_table(results: Results) -> str:
+def _metric_table(results: Results, counts: Mapping[str, tuple[int, int]]) -> str:
+    """Per-image metrics (%) and nucleus counts (ground truth, predicted), and the mean."""
     head = "".join(f"<th>{html.escape(METRIC_LABELS[k])}</th>" for k in METRIC_KEYS)
+    head += "<th>GT nuclei</th><th>predicted</th>"
     rows = []
     for stem, metrics in results["images"].items():
         cells = "".join(f"<td>{_percent(metrics[k])}</td>" for k in METRIC_KEYS)
+        cells += "".join(f"<td>{n:,}</td>" for n in counts[stem])
         rows.append(f"<tr><td>{html.escape(stem)}</td>{cells}</tr>")
     mean = "".join(f"<td>{_percent(results['mean'][k])}</td>" for k in METRIC_KEYS)
+    totals = [sum(c[i] for c in counts.values()) for i in (0, 1)]
+    mean += "".join(f"<td>{n:,} in all</td>" for n in totals)
     rows.append(f'<tr class="mean"><td>mean</td>{mean}</tr>')
     return (
         '<table id="metrics">\n<thead><tr><th>image</th>'
@@ -68,7 +75,7 @@ def aji_bar_svg(results: Results, width: int = 640) -> str:
     """Horizontal bar plot of the per-image AJI (in %) with the mean as a dashed line."""
     stems = list(results["images"])
     values = [float(results["images"][s]["aji"]) for s in stems]
-    row, top, bottom = 18, 24, 30
+    row, top, bottom = 18, 40, 30  # the title, then the mean's label, above the bars
     label_w = min(320, 12 + 7 * max((len(s) for s in stems), default=4))
     value_w = 52
     plot_w = max(100, width - label_w - value_w)
@@ -132,7 +139,8 @@ def _overlay_figure(
     pred_dir: str | os.PathLike,
     image_path: Path | None,
     max_side: int,
-) -> str:
+) -> tuple[str, tuple[int, int]]:
+    """The overlay figure of one image, and its (ground-truth, predicted) nucleus counts."""
     gt_path, pred_path = _label_path(gt_dir, stem), _label_path(pred_dir, stem)
     gt, pred = read_label_map(gt_path), read_label_map(pred_path)
     if gt.shape != pred.shape:
@@ -156,12 +164,19 @@ def _overlay_figure(
         f"{METRIC_LABELS[k]} {_percent(metrics[k])}%" for k in ("aji", "dice_obj", "pq")
     )
     background = "H&amp;E" if image is not None else "grey background"
-    return (
+    figure = (
         f'<figure id="{html.escape(stem, quote=True)}">'
         f'<img src="data:image/png;base64,{data}" alt="{html.escape(stem, quote=True)} overlay">'
         f"<figcaption><b>{html.escape(stem)}</b> ({gt.shape[1]}x{gt.shape[0]}, "
         f"{background}): {caption}</figcaption></figure>"
     )
+    return figure, (_count(gt), _count(pred))
+
+
+def _count(labels) -> int:
+    import numpy as np
+
+    return int(np.count_nonzero(np.unique(labels)))
 
 
 def build_report_html(
@@ -194,10 +209,12 @@ def build_report_html(
         missing = [stem for stem in results["images"] if stem not in images]
         if missing:
             raise InputError(images_dir, f"no image for {_few(missing)}")
-    figures = [
-        _overlay_figure(stem, metrics, gt_dir, pred_dir, images.get(stem), max_side)
-        for stem, metrics in results["images"].items()
-    ]
+    figures, counts = [], {}
+    for stem, metrics in results["images"].items():
+        figure, counts[stem] = _overlay_figure(
+            stem, metrics, gt_dir, pred_dir, images.get(stem), max_side
+        )
+        figures.append(figure)
     legend = (
         f'<span class="swatch" style="background:{_hex(GT_COLOUR)}"></span> ground truth '
         f'&nbsp; <span class="swatch" style="background:{_hex(PRED_COLOUR)}"></span> '
@@ -215,8 +232,9 @@ def build_report_html(
             f"Prediction: <code>{html.escape(str(pred_dir))}</code><br>"
             f"{n_images} image(s); metrics in %, mean over images; "
             f"instasam {html.escape(__version__)}.</p>",
+            _provenance(pred_dir),
             "<h2>Metrics (%)</h2>",
-            _metric_table(results),
+            _metric_table(results, counts),
             "<p>Dice_obj: object-level Dice; AJI+: one-to-one AJI; PQ = DQ x SQ at IoU &gt; 0.5; "
             "Dice_pix: foreground Dice; Prec/Rec/F1: detection at IoU &gt; 0.5.</p>",
             "<h2>AJI per image</h2>",
@@ -259,6 +277,30 @@ def write_html(out_dir: str | os.PathLike, text: str) -> Path:
     path = out_dir / REPORT_NAME
     write_text_atomic(path, text)
     return path
+
+
+def _provenance(pred_dir: str | os.PathLike) -> str:
+    """What made the predictions (``instasam predict`` writes it), or that it is unknown."""
+    import json
+
+    path = Path(pred_dir) / PREDICTION_RECORD
+    try:
+        record = json.loads(path.read_text())
+        post = record["postprocess"]
+        text = (
+            f"Model: <code>{html.escape(str(record['model']))}</code>"
+            + (f" (sha256 {html.escape(record['sha256'][:12])}…)" if record.get("sha256") else "")
+            + f"; thresholds: foreground {post['fg_threshold']}, marker {post['edge_threshold']}"
+            + f"; precision {html.escape(str(record['precision']))}"
+            + ("; four flips averaged" if record.get("flips") else "")
+            + f"; instasam {html.escape(str(record.get('instasam', '?')))}."
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        text = (
+            f"Model and thresholds: unknown (no readable <code>{PREDICTION_RECORD}</code> "
+            "in the prediction folder; `instasam predict` writes one)."
+        )
+    return f'<p id="provenance">{text}</p>'
 
 
 def _few(stems: list[str], shown: int = 3) -> str:

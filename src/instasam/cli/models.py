@@ -28,6 +28,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"  trained on: {entry.trained_on}")
         print(f"  scores:     {entry.scores}")
         print(f"  licence:    {entry.licence}")
+        print(f"  thresholds: {_thresholds(entry.path)}")
         print(f"  file:       {entry.path} (SHA-256 {entry.sha256[:16]}...)")
         print(f"  model card: {entry.card}")
     return 0
+
+
+def _thresholds(path) -> str:
+    """The post-processing a model's predictions get unless the user overrides it."""
+    from instasam.model.instasam import load_payload
+    from instasam.model.unet import net_from_payload
+
+    _, config = net_from_payload(load_payload(path), path)
+    post = config.postprocess
+    return (
+        f"foreground {post.fg_threshold}, marker {post.edge_threshold}, min area "
+        f"{post.min_area} px (chosen on the validation tiles; --fg-threshold, "
+        "--edge-threshold and --min-area override them)"
+    )

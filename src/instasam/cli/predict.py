@@ -16,7 +16,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "predict",
         help="segment nuclei in image files",
         description="Segment nuclei with a trained model. Writes OUT/<stem>.tif (instance ids, "
-        "0 = background) per image; images that already have an output are skipped (resume).",
+        "0 = background) per image; images that already have an output are skipped (resume). "
+        "OUT/prediction.json records the model, its SHA-256, the thresholds and the "
+        "precision used (`instasam evaluate --report` shows them); `instasam models` shows "
+        "a shipped model's thresholds.",
     )
     p.add_argument("images", nargs="+", type=Path, help="image files or folders of images")
     p.add_argument(
@@ -84,19 +87,47 @@ def image_files(paths: list[Path]) -> list[Path]:
     return files
 
 
+def prediction_record(args: argparse.Namespace, predictor) -> dict:
+    """What made this folder's label maps, for the report and for the user who finds it."""
+    import hashlib
+    from dataclasses import asdict
+
+    from instasam import __version__
+    from instasam.pretrained import resolve_model
+
+    path = resolve_model(args.model)
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return {
+        "model": str(args.model),
+        "file": str(path),
+        "sha256": digest.hexdigest(),
+        "postprocess": asdict(predictor.postprocess),
+        "precision": getattr(predictor, "precision", "fp32"),
+        "flips": bool(getattr(predictor, "flips", False)),
+        "instasam": __version__,
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     from instasam.io.atomic import check_output_folder
 
     check_output_folder(args.out)
+    import json
+
     import torch  # heavy imports stay out of `instasam --help`
     from tqdm.auto import tqdm
 
+    from instasam.io.atomic import write_text_atomic
     from instasam.io.labels import write_label_map
     from instasam.io.maps import write_maps
     from instasam.io.overlays import write_overlay_png
     from instasam.io.qupath import id_namespace, write_detections
     from instasam.postprocess import instances_from_maps
     from instasam.predict.tiles import load_predictor
+    from instasam.report import PREDICTION_RECORD
 
     files = image_files(args.images)
     images = {f: read_rgb(f) for f in files}  # every input is checked before any output
@@ -114,6 +145,9 @@ def run(args: argparse.Namespace) -> int:
     if args.overlap is not None and model is not None:
         predictor.config = replace(predictor.config, overlap=args.overlap)
     predictor.postprocess = with_thresholds(predictor.postprocess, args)
+    write_text_atomic(
+        args.out / PREDICTION_RECORD, json.dumps(prediction_record(args, predictor), indent=2)
+    )
     done = 0
     for path in tqdm(files, desc="images", unit="image", disable=None):
         out = args.out / f"{path.stem}.tif"
