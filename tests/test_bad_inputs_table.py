@@ -86,6 +86,20 @@ def _case_pseudo_points_not_numbers(t):
     return argv, data / "points" / "tile.csv"
 
 
+def _case_pseudo_model_without_model(t):
+    data = _data(t / "data", points="x,y\n10,12\n")
+    argv = ["pseudo", "--data", str(data), "--out", str(t / "out"), "--source", "model"]
+    return argv, "--source model"
+
+
+def _case_pseudo_previous_lacks_a_tile(t):
+    data = _data(t / "data", points="x,y\n10,12\n")
+    (t / "previous").mkdir()
+    argv = ["pseudo", "--data", str(data), "--out", str(t / "out"), "--source", "model"]
+    argv += ["--model", "monuseg-points", "--previous", str(t / "previous")]
+    return argv, t / "previous" / "labels" / "tile.tif"
+
+
 def _case_train_missing_points(t):
     data = _data(t / "data", points=None)
     return ["train", "--data", str(data), "--out", str(t / "out")], data
@@ -218,6 +232,8 @@ CASES = {
     ("pseudo", "points table with a header and no rows"): _case_pseudo_header_only,
     ("pseudo", "a point outside its image"): _case_pseudo_point_outside,
     ("pseudo", "a point coordinate that is not a number"): _case_pseudo_points_not_numbers,
+    ("pseudo", "--source model without --model"): _case_pseudo_model_without_model,
+    ("pseudo", "--previous lacks a tile's labels"): _case_pseudo_previous_lacks_a_tile,
     ("train", "an image without a points file"): _case_train_missing_points,
     ("train", "--config not JSON"): _case_train_bad_config,
     ("train", "--epochs given to the nuclei network (--arch net)"): _case_train_epochs_for_net,

@@ -115,9 +115,11 @@ def run(args: argparse.Namespace) -> int:
     from instasam.io.atomic import check_output_folder
 
     check_output_folder(args.out)
+    files = image_files(args.images)
+    images = {f: read_rgb(f) for f in files}  # every input is checked before any output
     import json
 
-    import torch  # heavy imports stay out of `instasam --help`
+    import torch  # after the inputs are checked: a bad one is refused in a second
     from tqdm.auto import tqdm
 
     from instasam.io.atomic import write_text_atomic
@@ -129,8 +131,6 @@ def run(args: argparse.Namespace) -> int:
     from instasam.predict.tiles import load_predictor
     from instasam.report import PREDICTION_RECORD
 
-    files = image_files(args.images)
-    images = {f: read_rgb(f) for f in files}  # every input is checked before any output
     if args.threads:
         torch.set_num_threads(args.threads)
     predictor = load_predictor(

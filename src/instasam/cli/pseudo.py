@@ -81,7 +81,6 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     import numpy as np
-    import torch
     from tqdm.auto import tqdm
 
     from instasam import IGNORE
@@ -90,11 +89,14 @@ def run(args: argparse.Namespace) -> int:
     from instasam.io.images import write_mask_png
     from instasam.io.labels import write_label_map
     from instasam.io.overlays import write_overlay_png
-    from instasam.pseudo_labels.quality import pseudo_label_quality
 
     samples = list_samples(args.data, require_points=True)
     loaded = [load_sample(s) for s in samples]  # every input is checked before any output
     check_training_points(samples, loaded)
+    import torch  # after the inputs are checked: a bad one is refused in a second
+
+    from instasam.pseudo_labels.quality import pseudo_label_quality
+
     if args.threads:
         torch.set_num_threads(args.threads)
     labeller = model_labeller(args, loaded) if args.source == "model" else point_labeller(args)

@@ -144,13 +144,7 @@ def run(args: argparse.Namespace) -> int:
         from instasam.cli.train_net import run_net
 
         return run_net(args)
-    import torch  # heavy imports stay out of `instasam --help`
-    from tqdm.auto import tqdm
-
     from instasam.io.folder import check_training_points, list_samples, load_sample
-    from instasam.model.instasam import build_model
-    from instasam.training.instasam import TrainingTile, ValTile, train
-    from instasam.training.labels import load_fixed_labels
 
     config = config_from_args(args)
     samples = list_samples(
@@ -160,6 +154,13 @@ def run(args: argparse.Namespace) -> int:
     loaded = [load_sample(s) for s in samples]  # validates every file before any work
     check_training_points(samples, loaded)
     val_loaded = [load_sample(s) for s in val_samples]
+    import torch  # after the inputs are checked: a bad one is refused in a second
+    from tqdm.auto import tqdm
+
+    from instasam.model.instasam import build_model
+    from instasam.training.instasam import TrainingTile, ValTile, train
+    from instasam.training.labels import load_fixed_labels
+
     if config.train.num_threads:
         torch.set_num_threads(config.train.num_threads)
     model = build_model(config, checkpoint=args.sam_checkpoint)

@@ -93,15 +93,7 @@ def fixed_labels(args: argparse.Namespace, loaded: list, source: str) -> list[np
 
 
 def run_net(args: argparse.Namespace) -> int:
-    import torch
-
     from instasam.io.folder import check_training_points, list_samples, load_sample
-    from instasam.model.unet import NucleiUNet, parameter_count
-    from instasam.training.crops import LabelledTile
-    from instasam.training.labels import ignore_around_unlabelled_points
-    from instasam.training.loop import train_net
-    from instasam.training.precision import resolve_precision
-    from instasam.training.validation import ValTile
 
     config = net_config_from_args(args)
     source = config.train.labels
@@ -110,6 +102,15 @@ def run_net(args: argparse.Namespace) -> int:
     loaded = [load_sample(s) for s in samples]  # validates every file before any work
     check_training_points(samples, loaded)
     val_loaded = [load_sample(s) for s in val_samples]
+    import torch  # after the inputs are checked: a bad one is refused in a second
+
+    from instasam.model.unet import NucleiUNet, parameter_count
+    from instasam.training.crops import LabelledTile
+    from instasam.training.labels import ignore_around_unlabelled_points
+    from instasam.training.loop import train_net
+    from instasam.training.precision import resolve_precision
+    from instasam.training.validation import ValTile
+
     start = None
     if args.init:  # shape and thresholds are those of the network it starts from
         start, init_config = init_network(args.init)
