@@ -103,5 +103,5 @@ def test_model_source_options_are_checked_before_any_work(prepared, tmp_path, ca
     assert main([*base, "--source", "model"]) == 2
     assert "--source model needs --model" in capsys.readouterr().err
     assert main([*base, "--source", "cv", "--model", "monuseg-points"]) == 2
-    assert "only apply to --source model" in capsys.readouterr().err
+    assert "--model: not for --source cv" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

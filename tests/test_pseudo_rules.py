@@ -232,3 +232,19 @@ def test_negative_prompts_are_uniform_over_the_other_points():
     first = np.array([(draws[:, 0] == j).mean() for j in range(1, 6)])
     assert np.allclose(in_set, 0.8, atol=0.04), in_set
     assert np.allclose(first, 0.2, atol=0.04), first
+
+
+def test_ablations_switch_off_one_rule_each():
+    from instasam.pseudo_labels.rules import labels_from_probabilities
+
+    p = torch.zeros((2, 1, 3))
+    p[0, 0] = torch.tensor([0.9, 0.8, 0.55])  # pixel 1: both masks claim it
+    p[1, 0] = torch.tensor([0.0, 0.7, 0.0])  # pixel 2: mask 1 alone, unsure (H > 0.3)
+    full = labels_from_probabilities(p)
+    assert full[0].tolist() == [1, IGNORE, IGNORE]
+    no_f = labels_from_probabilities(p, overlap_rule=False, epsilon=float("inf"))
+    assert no_f[0].tolist() == [1, 1, 1]  # 0.8 beats 0.7; the unsure pixel is kept
+    no_f_but_h = labels_from_probabilities(p, overlap_rule=False)
+    assert no_f_but_h[0].tolist() == [1, IGNORE, IGNORE]  # H is still too high on both
+    no_h = labels_from_probabilities(p, epsilon=float("inf"))
+    assert no_h[0].tolist() == [1, IGNORE, 1]

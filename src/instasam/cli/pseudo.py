@@ -53,22 +53,34 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="drop a whole instance that overlaps another mask (the authors' code) instead "
         "of the paper's per-pixel rule",
     )
+    p.add_argument(
+        "--no-entropy-rule",
+        action="store_true",
+        help="ablation: keep pixels the masks are unsure about (no H >= epsilon rule)",
+    )
+    p.add_argument(
+        "--no-overlap-rule",
+        action="store_true",
+        help="ablation: give a pixel two masks claim to the more probable one (no F rule)",
+    )
     p.add_argument("--overlay", action="store_true", help="also write OUT/overlays/<stem>.png")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.set_defaults(func=run)
 
 
 def check_source_options(args: argparse.Namespace) -> None:
-    """--model and its options belong to --source model, which needs --model."""
+    """Each option belongs to one source; --source model needs --model."""
     from instasam.errors import InputError
 
     if args.source == "model" and not args.model:
         raise InputError(None, "--source model needs --model (a shipped name or a model.pt)")
+    given = []
     if args.source != "model":
-        given = [f"--{n}" for n in ("model", "previous") if getattr(args, n)]
-        given += ["--flips"] if args.flips else []
-        if given:
-            raise InputError(None, f"{', '.join(given)} only apply to --source model")
+        given += [f"--{n}" for n in ("model", "previous", "flips") if getattr(args, n)]
+    if args.source != "sam":
+        given += [f"--no-{n}-rule" for n in ("entropy", "overlap") if getattr(args, f"no_{n}_rule")]
+    if given:
+        raise InputError(None, f"{', '.join(given)}: not for --source {args.source}")
     if args.previous is not None and not args.previous.is_dir():
         raise InputError(args.previous, "not a folder written by `instasam pseudo`")
 
@@ -133,6 +145,8 @@ SOURCE_FILE = "source.json"  # what made the labels; `train --labels-from` recor
 
 def source_record(args: argparse.Namespace) -> dict:
     record = {"source": args.source}
+    if args.source == "sam":
+        record["rules"] = {"entropy": not args.no_entropy_rule, "overlap": not args.no_overlap_rule}
     if args.source == "model":
         record.update(model=str(args.model), previous=args.previous and str(args.previous))
         record["flips"] = args.flips
@@ -141,6 +155,7 @@ def source_record(args: argparse.Namespace) -> dict:
 
 def point_labeller(args: argparse.Namespace):
     """S (the backbone prompted with the points) or C+V of a tile, cached in OUT/cache."""
+    import math
     from dataclasses import replace
 
     from instasam.config import InstaSAMConfig
@@ -151,7 +166,10 @@ def point_labeller(args: argparse.Namespace):
         config,
         train=replace(config.train, pseudo=args.source, backbone=args.backbone),
         pseudo_labels=replace(
-            config.pseudo_labels, reject_overlapping_instances=args.reject_overlapping
+            config.pseudo_labels,
+            reject_overlapping_instances=args.reject_overlapping,
+            overlap_rule=not args.no_overlap_rule,
+            epsilon=math.inf if args.no_entropy_rule else config.pseudo_labels.epsilon,
         ),
     )
     model = None

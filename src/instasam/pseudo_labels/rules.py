@@ -88,6 +88,7 @@ def select_pseudo_labels(
     *,
     logits: bool = False,
     chunk: int | None = None,
+    overlap_rule: bool = True,
 ) -> tuple[torch.Tensor, RuleStats]:
     """Eq. 2-4 on ``(K, H, W)`` mask probabilities, with what the rule did.
 
@@ -106,6 +107,10 @@ def select_pseudo_labels(
         The input holds logits; the sigmoid is applied slice by slice.
     chunk : int, optional
         Masks per slice (default: about 16 M elements per slice).
+    overlap_rule : bool
+        Ignore pixels claimed by two masks (F >= 2). False (an ablation of the paper's
+        Table 3) gives them to the most probable mask; ``epsilon=inf`` likewise switches
+        off the entropy rule.
 
     Returns
     -------
@@ -133,7 +138,7 @@ def select_pseudo_labels(
         labels = torch.where(better, index + (part.start + 1), labels)
     overlap = claims >= 2
     uncertain = ~(entropy < epsilon)  # NaN input counts as uncertain
-    labels[overlap | uncertain] = IGNORE
+    labels[(overlap if overlap_rule else torch.zeros_like(overlap)) | uncertain] = IGNORE
 
     rejected = 0
     if reject_overlapping_instances and k and bool(overlap.any()):
@@ -170,6 +175,7 @@ def labels_from_probabilities(
     *,
     logits: bool = False,
     chunk: int | None = None,
+    overlap_rule: bool = True,
 ) -> torch.Tensor:
     """Eq. 2-4 on ``(K, H, W)`` probabilities -> ``(H, W)`` int64 labels.
 
@@ -182,6 +188,7 @@ def labels_from_probabilities(
         reject_overlapping_instances,
         logits=logits,
         chunk=chunk,
+        overlap_rule=overlap_rule,
     )
     return labels
 

@@ -186,6 +186,7 @@ def window_labels(
         delta=config.delta,
         epsilon=config.epsilon,
         reject_overlapping_instances=config.reject_overlapping_instances,
+        overlap_rule=config.overlap_rule,
     )
     lookup = torch.cat([torch.tensor([0]), ids.long()])  # local k -> tile id
     out = lookup[local.clamp(min=0)]

@@ -83,7 +83,7 @@ def fixed_labels_key(config: InstaSAMConfig, points: np.ndarray, image: np.ndarr
                 "pseudo": config.train.pseudo,
                 "backbone": config.train.backbone,
                 "crop": config.augment.crop_size,
-                "rule": config.pseudo_labels.__dict__,
+                "rule": _rule_key(config),
             },
             sort_keys=True,
             default=str,
@@ -92,6 +92,13 @@ def fixed_labels_key(config: InstaSAMConfig, points: np.ndarray, image: np.ndarr
     digest.update(np.ascontiguousarray(points, dtype=np.float64).tobytes())
     digest.update(np.ascontiguousarray(image[::7, ::7]).tobytes())
     return digest.hexdigest()[:16]
+
+
+def _rule_key(config: InstaSAMConfig) -> dict:
+    rule = dict(config.pseudo_labels.__dict__)
+    if rule.pop("overlap_rule"):  # on, as before the switch existed: old caches stay valid
+        return rule
+    return {**rule, "overlap_rule": False}
 
 
 def make_fixed_labels(
