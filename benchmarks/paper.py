@@ -1,0 +1,367 @@
+"""The paper's experiments (Tables 1-3), one command per row, and the tables they fill.
+
+    python benchmarks/paper.py run ROW [--monuseg DIR] [--tnbc DIR] [--out DIR] [--seed N]
+    python benchmarks/paper.py table          # Markdown tables of the finished rows
+    python benchmarks/paper.py list           # the rows
+
+Every row uses the shipped model's recipe (`instasam train --arch net`: the full-resolution
+nuclei network, 1,500 steps x 8 crops, best validation checkpoint and thresholds) and
+differs from the centred-point row in one thing only: the points (shifted, few-shot), the
+data (cross-domain) or the labels (ablations). Each stage is a plain ``instasam`` command,
+printed before it runs and skipped when its output exists, so an interrupted row resumes.
+A finished row is written to ``benchmarks/results/paper/<row>.json`` with its settings; a
+rerun whose settings differ from that file's is refused rather than merged.
+
+Cross-domain uses TNBC in place of CPM17 (not reachable here): both TNBC and MoNuSeg are
+40x H&E (the run records the median nucleus area of each to show the scale agrees).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from stages import run
+
+RESULTS = Path(__file__).parent / "results" / "paper"
+KUMAR_SPLIT = "splits/kumar_16_14.json"
+TNBC_SPLIT = "splits/train_val_test.json"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of a table: what it trains on and how, and the paper's (Dice_obj, AJI)."""
+
+    table: int
+    title: str
+    paper: tuple[float, float] | None = None
+    train_on: str = "monuseg"  # monuseg | tnbc
+    test_on: str = "monuseg"
+    shift: str | None = None  # points moved LOW-HIGH px from the centre
+    fewshot: bool = False  # one training tile per organ
+    labels: str = "sam"  # sam | cv | gt | model | classical
+    rules: tuple[str, ...] = ()  # pseudo-label ablation flags
+    paper_note: str = ""
+
+
+ROWS: dict[str, Row] = {
+    "centred": Row(1, "centred points", (77.2, 57.4)),
+    "shift-2-4": Row(1, "points shifted 2-4 px", shift="2-4"),
+    "shift-4-6": Row(1, "points shifted 4-6 px", shift="4-6"),
+    "shift-6-8": Row(1, "points shifted 6-8 px", (73.3, 52.6), shift="6-8"),
+    "fewshot": Row(1, "few-shot: 4 tiles, one per organ", (75.2, 54.1), fewshot=True),
+    "monuseg-to-tnbc": Row(
+        2,
+        "MoNuSeg -> TNBC test",
+        (79.6, 63.4),
+        test_on="tnbc",
+        paper_note="paper: MoNuSeg -> CPM17",
+    ),
+    "tnbc-to-monuseg": Row(
+        2,
+        "TNBC -> MoNuSeg test",
+        (75.1, 53.9),
+        train_on="tnbc",
+        paper_note="paper: CPM17 -> MoNuSeg",
+    ),
+    "classical": Row(
+        3, "no learning: Otsu on haematoxylin + distance watershed", None, labels="classical"
+    ),
+    "cv": Row(3, "cluster + Voronoi labels", (73.2, 52.0), labels="cv"),
+    "s-no-entropy": Row(
+        3, "S without the entropy rule H", labels="sam", rules=("--no-entropy-rule",)
+    ),
+    "s-no-overlap": Row(
+        3, "S without the overlap rule F", labels="sam", rules=("--no-overlap-rule",)
+    ),
+    "s": Row(3, "S (both rules; = centred)", (77.2, 57.4), paper_note="paper: S' (InstaSAM)"),
+    "self-trained": Row(3, "S, then one round of self-training", labels="model"),
+    "gt": Row(3, "ground-truth masks", (78.6, 59.6), labels="gt"),
+}
+
+
+# -- data ------------------------------------------------------------------------------------
+def fewshot_split(monuseg: Path, out: Path) -> Path:
+    """The Kumar split with one training tile per organ (the first, by name)."""
+    split = json.loads((monuseg / KUMAR_SPLIT).read_text())
+    chosen: dict[str, str] = {}
+    for stem in sorted(split["train"]):
+        chosen.setdefault(split["organ"][stem], stem)
+    path = out / "splits" / "kumar_fewshot.json"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        few = {**split, "train": sorted(chosen.values()), "description": "one tile per organ"}
+        path.write_text(json.dumps(few, indent=1))
+    return path
+
+
+def prepared(row: Row, args: argparse.Namespace, log: list[dict]) -> dict[str, Path]:
+    """Folders of the row's train, val and test data, prepared once and shared by rows."""
+    folders = {}
+    for subset in ("train", "val", "test"):
+        dataset = row.test_on if subset == "test" else row.train_on
+        shifted = subset == "train" and row.shift
+        name = f"{dataset}_{subset}" + (f"_shift{row.shift}_seed{args.seed}" if shifted else "")
+        if subset == "train" and row.fewshot:
+            name += "_fewshot"
+        folder = args.out / "data" / name
+        folders[subset] = folder
+        if (folder / "points").is_dir():
+            continue
+        if dataset == "monuseg":
+            split = (
+                fewshot_split(args.monuseg, args.out) if row.fewshot else args.monuseg / KUMAR_SPLIT
+            )
+            argv = ["prepare", "monuseg", str(args.monuseg / "train"), str(folder)]
+        else:
+            split = args.tnbc / TNBC_SPLIT
+            argv = ["prepare", "folder", str(args.tnbc), str(folder), "--labels", "labels_instance"]
+        argv += ["--split", str(split), "--subset", subset]
+        if shifted:
+            argv += ["--shift", row.shift, "--seed", str(args.seed)]
+        run(argv, log)
+    return folders
+
+
+def median_nucleus_area(labels_dir: Path) -> float:
+    from instasam.io.labels import read_label_map
+
+    areas = []
+    for path in sorted(labels_dir.iterdir()):
+        ids, counts = np.unique(read_label_map(path), return_counts=True)
+        areas += counts[ids > 0].tolist()
+    return float(np.median(areas)) if areas else float("nan")
+
+
+# -- the classical floor ----------------------------------------------------------------------
+def classical_instances(rgb: np.ndarray) -> np.ndarray:
+    """Otsu on the haematoxylin channel, then a watershed on the distance transform."""
+    from scipy import ndimage as ndi
+    from skimage.color import rgb2hed
+    from skimage.feature import peak_local_max
+    from skimage.filters import gaussian, threshold_otsu
+    from skimage.morphology import binary_opening, disk, remove_small_objects
+    from skimage.segmentation import watershed
+
+    haematoxylin = gaussian(rgb2hed(rgb)[..., 0], sigma=1)
+    mask = binary_opening(haematoxylin > threshold_otsu(haematoxylin), disk(2))
+    mask = remove_small_objects(mask, 30)
+    distance = ndi.distance_transform_edt(mask)
+    peaks = peak_local_max(distance, min_distance=7, labels=ndi.label(mask)[0])
+    markers = np.zeros(mask.shape, dtype=np.int32)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    return watershed(-distance, markers, mask=mask).astype(np.int32)
+
+
+def predict_classical(images: Path, out: Path) -> None:
+    from instasam.io.images import list_images, read_rgb
+    from instasam.io.labels import write_label_map
+
+    for path in list_images(images):
+        target = out / f"{path.stem}.tif"
+        if not target.is_file():
+            write_label_map(target, classical_instances(read_rgb(path)))
+
+
+# -- one row ----------------------------------------------------------------------------------
+def settings(row_name: str, row: Row, args: argparse.Namespace) -> dict:
+    """Everything a finished row's numbers depend on (compared before a rerun)."""
+    return {
+        "row": row_name,
+        **{k: v for k, v in asdict(row).items() if k not in ("title", "paper", "paper_note")},
+        "seed": args.seed,
+        "steps": args.steps,
+        "recipe": "instasam train --arch net (defaults)"
+        + (f", --steps {args.steps}" if args.steps else ""),
+        "backbone": args.backbone,
+    }
+
+
+def labels_folder(row: Row, folders: dict[str, Path], args, log) -> Path | None:
+    """Make the row's fixed training labels; None when train computes them (gt)."""
+    if row.labels == "gt":
+        return None
+    if row.labels == "model":
+        teacher = args.out / "runs" / f"{training_run('centred')}_seed{args.seed}" / "model.pt"
+        if not teacher.is_file():
+            sys.exit(f"{teacher} missing: run the 'centred' row first (it is the teacher)")
+        s_labels = labels_folder(ROWS["centred"], folders, args, log)
+        out = args.out / "pseudo" / f"{folders['train'].name}_model_seed{args.seed}"
+        if not (out / "source.json").is_file():
+            argv = ["pseudo", "--data", str(folders["train"]), "--out", str(out)]
+            argv += ["--source", "model", "--model", str(teacher), "--previous", str(s_labels)]
+            run([*argv, "--flips", "--threads", str(args.threads)], log)
+        return out
+    suffix = "".join(flag.replace("--no-", "_no-").replace("-rule", "") for flag in row.rules)
+    out = args.out / "pseudo" / f"{folders['train'].name}_{row.labels}{suffix}"
+    argv = ["pseudo", "--data", str(folders["train"]), "--out", str(out), "--source", row.labels]
+    if row.labels == "sam":
+        argv += ["--backbone", args.backbone]
+    run([*argv, *row.rules, "--threads", str(args.threads)], log)  # cached per tile
+    return out
+
+
+TRAINING_FIELDS = ("train_on", "shift", "fewshot", "labels", "rules")
+
+
+def training_run(row_name: str) -> str:
+    """The first row that trains exactly as this one does: rows differing only in their
+    test data (``s``, ``monuseg-to-tnbc`` and ``centred``) share one training run."""
+    mine = tuple(getattr(ROWS[row_name], f) for f in TRAINING_FIELDS)
+    return next(n for n, r in ROWS.items() if tuple(getattr(r, f) for f in TRAINING_FIELDS) == mine)
+
+
+def run_row(row_name: str, args: argparse.Namespace) -> dict:
+    row = ROWS[row_name]
+    wanted = json.loads(json.dumps(settings(row_name, row, args)))  # as stored
+    result_path = args.results / f"{row_name}.json"
+    if result_path.is_file():
+        done = json.loads(result_path.read_text())
+        if done["settings"] != wanted:
+            differ = sorted(k for k in wanted if done["settings"].get(k) != wanted[k])
+            sys.exit(
+                f"{result_path} was made with other settings ({', '.join(differ)}); "
+                "delete it to run the row again with these"
+            )
+        print(f"{row_name}: finished earlier, see {result_path}")
+        return done
+    started = time.perf_counter()
+    log: list[dict] = []
+    folders = prepared(row, args, log)
+    run_name = training_run(row_name) + f"_seed{args.seed}"
+    run_dir = args.out / "runs" / run_name
+    pred = args.out / "pred" / f"{row_name}_seed{args.seed}"
+    checkpoint = {}
+    if row.labels == "classical":
+        predict_classical(folders["test"] / "images", pred)
+    else:
+        labels = labels_folder(row, folders, args, log)
+        train = ["train", "--data", str(folders["train"]), "--val", str(folders["val"])]
+        train += ["--out", str(run_dir), "--seed", str(args.seed), "--resume", "--quiet"]
+        train += ["--threads", str(args.threads)]
+        if args.steps:
+            train += ["--steps", str(args.steps)]
+        if args.config:
+            train += ["--config", str(args.config)]
+        train += ["--pseudo", "gt"] if labels is None else ["--labels-from", str(labels)]
+        if not (run_dir / "thresholds.json").is_file():
+            run(train, log)
+        checkpoint = _checkpoint_summary(run_dir)
+        predict = ["predict", str(folders["test"] / "images"), "--model", str(run_dir / "model.pt")]
+        run([*predict, "--out", str(pred), "--threads", str(args.threads)], log)
+    metrics = args.out / "metrics" / f"{row_name}_seed{args.seed}.json"
+    gt = folders["test"] / "labels"
+    run(["evaluate", "--gt", str(gt), "--pred", str(pred), "--json", str(metrics)], log)
+    evaluated = json.loads(metrics.read_text())
+    result = {
+        "settings": wanted,
+        "title": row.title,
+        "table": row.table,
+        "paper_dice_obj_aji": row.paper,
+        "paper_note": row.paper_note,
+        "test_mean": evaluated["mean"],
+        "test_per_image": evaluated["images"],
+        "tiles": {k: len(list((v / "images").iterdir())) for k, v in folders.items()},
+        "median_nucleus_area_px": {
+            k: median_nucleus_area(v / "labels") for k, v in folders.items() if k != "train"
+        },
+        **checkpoint,
+        "stages": log,
+        "wall_seconds_this_invocation": round(time.perf_counter() - started, 1),
+        "train_seconds": checkpoint.get("train_seconds"),
+        "machine": f"{platform.machine()}, {args.threads} threads",
+    }
+    from instasam.io.atomic import write_text_atomic
+
+    write_text_atomic(result_path, json.dumps(result, indent=1))
+    m = result["test_mean"]
+    print(
+        f"\n{row_name}: Dice_obj {100 * m['dice_obj']:.1f} AJI {100 * m['aji']:.1f} "
+        f"AJI+ {100 * m['aji_plus']:.1f} PQ {100 * m['pq']:.1f} -> {result_path}"
+    )
+    return result
+
+
+def _checkpoint_summary(run_dir: Path) -> dict:
+    history = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    thresholds = json.loads((run_dir / "thresholds.json").read_text())
+    return {
+        "train_seconds": history[-1]["seconds"],
+        "steps": history[-1]["step"],
+        "val_history": [(h["step"], h["val"]["aji"]) for h in history if "val" in h],
+        "thresholds": thresholds,
+    }
+
+
+# -- the tables -------------------------------------------------------------------------------
+TABLE_TITLES = {
+    1: "Table 1 - MoNuSeg (Kumar split): points",
+    2: "Table 2 - cross-domain (TNBC stands in for CPM17)",
+    3: "Table 3 - pseudo-label ablations (MoNuSeg)",
+}
+
+
+def table_markdown(results: Path) -> str:
+    """The finished rows as Markdown, ours beside the paper's, with each row's train time."""
+    finished = {p.stem: json.loads(p.read_text()) for p in sorted(results.glob("*.json"))}
+    lines = []
+    for table, title in TABLE_TITLES.items():
+        lines += [f"**{title}**", ""]
+        lines += ["| row | ours Dice_obj / AJI / AJI+ / PQ | paper Dice_obj / AJI | train |"]
+        lines += ["| --- | --- | --- | --- |"]
+        for name, row in ROWS.items():
+            if row.table != table:
+                continue
+            paper = "-" if row.paper is None else f"{row.paper[0]:.1f} / {row.paper[1]:.1f}"
+            if row.paper_note:
+                paper += f" ({row.paper_note})"
+            done = finished.get(name)
+            if done is None:
+                ours, train = "not run yet", ""
+            else:
+                m = done["test_mean"]
+                ours = " / ".join(
+                    f"{100 * m[k]:.1f}" for k in ("dice_obj", "aji", "aji_plus", "pq")
+                )
+                seconds = done.get("train_seconds")
+                train = "none" if seconds is None else f"{seconds / 60:.0f} min"
+            lines.append(f"| {row.title} (`{name}`) | {ours} | {paper} | {train} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    one = sub.add_parser("run", help="run (or resume) one row")
+    one.add_argument("row", choices=sorted(ROWS))
+    one.add_argument("--monuseg", type=Path, default=Path("../shared/data/monuseg"))
+    one.add_argument("--tnbc", type=Path, default=Path("../shared/data/tnbc"))
+    one.add_argument("--out", type=Path, default=Path("bench_out/paper"))
+    one.add_argument("--seed", type=int, default=0)
+    one.add_argument("--steps", type=int, help="optimiser steps (default: the recipe's)")
+    one.add_argument("--config", type=Path, help="training configuration JSON (tests: tiny)")
+    one.add_argument("--backbone", default="litemedsam")
+    one.add_argument("--threads", type=int, default=2)
+    one.add_argument("--results", type=Path, default=RESULTS)
+    tab = sub.add_parser("table", help="print the tables of the finished rows")
+    tab.add_argument("--results", type=Path, default=RESULTS)
+    sub.add_parser("list", help="list the rows")
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        for name, row in ROWS.items():
+            print(f"table {row.table}  {name:16s} {row.title}")
+    elif args.command == "table":
+        print(table_markdown(args.results))
+    else:
+        run_row(args.row, args)
+
+
+if __name__ == "__main__":
+    main()

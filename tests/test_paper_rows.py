@@ -1,0 +1,116 @@
+"""`benchmarks/paper.py`: one row end to end on the bundled sample with tiny settings, the
+settings guard, few-shot and shifted points, and the table."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from instasam.cli.demo import sample_dir
+from instasam.config import NetConfig, NucleiNetConfig
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+import paper  # noqa: E402
+
+TRAIN, TEST = "TCGA-A7-A13E-01Z-00-DX1_y300_x300", "TCGA-E2-A1B5-01Z-00-DX1_y400_x500"
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    """A MoNuSeg-shaped root holding the two sample crops, with a Kumar-style split."""
+    root = tmp_path_factory.mktemp("monuseg")
+    shutil.copytree(sample_dir(), root / "train")
+    split = {"train": [TRAIN], "val": [TRAIN], "test": [TEST]}
+    split["organ"] = {TRAIN: "Breast", TEST: "Breast"}
+    (root / "splits").mkdir()
+    (root / "splits" / "kumar_16_14.json").write_text(json.dumps(split))
+    config = root / "tiny.json"
+    config.write_text(json.dumps(NetConfig(net=NucleiNetConfig(widths=(4, 8))).to_dict()))
+    return root
+
+
+def _run(root: Path, out: Path, results: Path, row: str, *extra: str):
+    argv = [sys.executable, str(REPO / "benchmarks" / "paper.py"), "run", row]
+    argv += ["--monuseg", str(root), "--out", str(out), "--results", str(results)]
+    argv += ["--steps", "2", "--config", str(root / "tiny.json"), "--threads", "1", *extra]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=600, cwd=REPO)
+
+
+@pytest.mark.slow
+def test_a_row_runs_end_to_end_resumes_and_refuses_other_settings(root, tmp_path):
+    out, results = tmp_path / "out", tmp_path / "results"
+    done = _run(root, out, results, "cv")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    row = json.loads((results / "cv.json").read_text())
+    assert row["settings"]["labels"] == "cv" and row["settings"]["steps"] == 2
+    assert set(row["test_per_image"]) == {TEST}
+    assert 0.0 <= row["test_mean"]["aji"] <= 1.0 and row["paper_dice_obj_aji"] == [73.2, 52.0]
+    assert (out / "runs" / "cv_seed0" / "model.pt").is_file()
+    again = _run(root, out, results, "cv")  # finished: nothing is redone
+    assert again.returncode == 0 and "finished earlier" in again.stdout
+    assert "$ instasam" not in again.stdout
+    other = _run(root, out, results, "cv", "--seed", "1")
+    assert other.returncode != 0 and "other settings (seed)" in other.stderr
+    assert json.loads((results / "cv.json").read_text()) == row  # not merged
+    table = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "paper.py"), "table", "--results", str(results)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    ).stdout
+    aji = 100 * row["test_mean"]["aji"]
+    assert "| cluster + Voronoi labels (`cv`) | " in table and f"{aji:.1f}" in table
+    assert "73.2 / 52.0" in table and "not run yet" in table
+
+
+def test_classical_row_needs_no_training(root, tmp_path):
+    out, results = tmp_path / "out", tmp_path / "results"
+    done = _run(root, out, results, "classical")
+    assert done.returncode == 0, done.stderr[-2000:]
+    row = json.loads((results / "classical.json").read_text())
+    assert row["train_seconds"] is None and not (out / "runs").exists()
+    # Otsu + watershed finds the dark nuclei of an H&E crop: far from nothing.
+    assert row["test_mean"]["aji"] > 0.25
+
+
+def test_fewshot_split_keeps_one_training_tile_per_organ(tmp_path):
+    split = {
+        "train": ["b2", "a1", "c1", "a2", "b1"],
+        "val": ["v"],
+        "test": ["t"],
+        "organ": {"a1": "Liver", "a2": "Liver", "b1": "Kidney", "b2": "Kidney", "c1": "Breast"},
+    }
+    (tmp_path / "splits").mkdir()
+    (tmp_path / "splits" / "kumar_16_14.json").write_text(json.dumps(split))
+    few = json.loads(paper.fewshot_split(tmp_path, tmp_path / "out").read_text())
+    assert few["train"] == ["a1", "b1", "c1"]
+    assert few["val"] == ["v"] and few["test"] == ["t"]
+
+
+def test_shifted_row_points_lie_at_the_requested_distance(root, tmp_path):
+    import argparse
+
+    from instasam.io.labels import read_label_map
+    from instasam.io.points import read_points
+    from instasam.points import points_from_instances
+
+    args = argparse.Namespace(monuseg=root, tnbc=None, out=tmp_path, seed=3)
+    folders = paper.prepared(paper.ROWS["shift-4-6"], args, [])
+    assert folders["train"].name == "monuseg_train_shift4-6_seed3"
+    assert folders["test"].name == "monuseg_test"  # only the training points move
+    labels = read_label_map(folders["train"] / "labels" / f"{TRAIN}.tif")
+    centres, _ = points_from_instances(labels)
+    shifted = read_points(folders["train"] / "points" / f"{TRAIN}.csv")
+    assert shifted.shape == centres.shape
+    distance = np.hypot(*(shifted - centres).T)
+    h, w = labels.shape
+    inside = (centres.min(1) >= 8) & (centres[:, 0] < w - 8) & (centres[:, 1] < h - 8)
+    assert inside.sum() > 20  # clipping at the border may shorten the others' shift
+    assert distance[inside].min() >= 4.0 - 1e-6 and distance[inside].max() < 6.0
