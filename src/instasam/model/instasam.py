@@ -289,9 +289,17 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return payload
 
 
-def load_model(path: str | os.PathLike, backbone_checkpoint: str | None = None) -> InstaSAM:
-    """Rebuild a trained model: the backbone from its source, the rest from ``path``."""
-    payload = read_checkpoint(path)
+def load_model(
+    path: str | os.PathLike,
+    backbone_checkpoint: str | None = None,
+    payload: dict[str, Any] | None = None,
+) -> InstaSAM:
+    """Rebuild a trained model: the backbone from its source, the rest from ``path``
+    (or from ``payload``, the file's contents already read with :func:`load_payload`)."""
+    if payload is None:
+        payload = read_checkpoint(path)
+    elif payload.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(path, "not an instasam checkpoint (train one with `instasam train`)")
     config = InstaSAMConfig.from_dict(_with_old_defaults(payload["config"]))
     # A model trained on random backbone weights is rebuilt on the same random weights.
     pretrained = bool(payload.get("backbone_pretrained", True)) or backbone_checkpoint is not None

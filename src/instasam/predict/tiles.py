@@ -101,7 +101,7 @@ def load_predictor(
             precision=resolve_precision(precision),
             flips=flips,
         )
-    model = load_model(path, backbone_checkpoint=backbone_checkpoint)
+    model = load_model(path, backbone_checkpoint=backbone_checkpoint, payload=payload)
     return ModelPredictor(
         model=model,
         config=config or model.config.predict,
