@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from skimage.draw import polygon as draw_polygon
 
 from instasam.io.atomic import write_text_atomic
 from instasam.io.images import read_rgb
 from instasam.io.labels import find_label_file, read_label_map
+from instasam.io.qupath import labels_from_detections
 from instasam.io.slides import open_slide
 from instasam.metrics import compute_metrics
 from instasam.predict.slides import SlidePredictConfig, predict_slide
@@ -60,18 +60,6 @@ def mosaic(monuseg: Path) -> tuple[np.ndarray, np.ndarray]:
     return rgb, gt
 
 
-def rasterise(features: list[dict], shape: tuple[int, int]) -> tuple[np.ndarray, int]:
-    """The outlines filled at pixel centres, and how many pixels two of them claim."""
-    labels = np.zeros(shape, dtype=np.int32)
-    shared = 0
-    for i, f in enumerate(features, 1):
-        ring = np.asarray(f["geometry"]["coordinates"][0], dtype=float)
-        rr, cc = draw_polygon(ring[:, 1] - 0.5, ring[:, 0] - 0.5, shape)
-        shared += int((labels[rr, cc] > 0).sum())
-        labels[rr, cc] = i
-    return labels, shared
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--monuseg", type=Path, default=Path("../shared/data/monuseg"))
@@ -95,7 +83,7 @@ def main() -> None:
                 predict_slide(slide, predictor, out, config, progress=False)
             seconds = time.perf_counter() - started
             features = json.loads(out.read_text())["features"]
-            labels, shared = rasterise(features, gt.shape)
+            labels, shared = labels_from_detections(features, gt.shape)
             m = compute_metrics(gt, labels)
             row = {"tile": tile, "overlap": args.overlap, "nuclei": len(features)}
             row |= {"shared_pixels": shared, "seconds": round(seconds, 1)}

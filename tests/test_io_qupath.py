@@ -269,3 +269,19 @@ def test_writer_abort_and_closed_state(tmp_path):
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(ValueError, match="closed"):
         writer.write_instances(disk_labels())
+
+
+def test_detections_filled_back_give_the_instance_map_and_count_shared_pixels():
+    from instasam.io.qupath import instance_features, labels_from_detections
+
+    labels = np.zeros((40, 50), dtype=np.int32)
+    yy, xx = np.mgrid[:40, :50]
+    labels[(yy - 12) ** 2 + (xx - 14) ** 2 <= 36] = 1
+    labels[8:20, 30:45] = 2
+    labels[25:38, 5:12] = 3
+    labels[25:30, 12:30] = 3  # an L shape
+    features = instance_features(labels, offset=(0.0, 0.0), scale=1.0)
+    back, shared = labels_from_detections(features, labels.shape)
+    assert shared == 0 and np.array_equal(back, labels)
+    _, shared = labels_from_detections(features + features[:1], labels.shape)
+    assert shared == int((labels == 1).sum())

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import tifffile
 from scipy import ndimage
-from skimage.draw import polygon as draw_polygon
 
 from instasam.cli import main
 from instasam.errors import InputError
@@ -578,24 +577,12 @@ def test_cli_runs_a_real_model_end_to_end(tmp_path, capsys):
 
 
 # --- a real network: seams ------------------------------------------------------------
-def _pixel_sets(features, shape):
-    """Each detection's pixels (outline filled at pixel centres) as one label map, and how
-    many pixels two outlines claim."""
-    labels = np.zeros(shape, dtype=np.int32)
-    shared = 0
-    for i, f in enumerate(features, 1):
-        ring = np.asarray(f["geometry"]["coordinates"][0], dtype=float)
-        rr, cc = draw_polygon(ring[:, 1] - 0.5, ring[:, 0] - 0.5, shape)
-        shared += int((labels[rr, cc] > 0).sum())
-        labels[rr, cc] = i
-    return labels, shared
-
-
 @pytest.mark.slow
 @pytest.mark.realdata
 @pytest.mark.parametrize("tile", [1024, 256])
 def test_real_model_on_a_real_tile_keeps_each_nucleus_once(monuseg_root, tmp_path, tile):
     from instasam.io.images import read_rgb
+    from instasam.io.qupath import labels_from_detections
     from instasam.io.slides import open_slide
     from instasam.metrics import compute_metrics
     from instasam.predict.slides import SlidePredictConfig, predict_slide
@@ -613,7 +600,7 @@ def test_real_model_on_a_real_tile_keeps_each_nucleus_once(monuseg_root, tmp_pat
         config = SlidePredictConfig(tile=tile, overlap=64, use_tissue_mask=False)
         predict_slide(slide, predictor, out, config, progress=False)
     features = json.loads(out.read_text())["features"]
-    tiled, shared = _pixel_sets(features, rgb.shape[:2])
+    tiled, shared = labels_from_detections(features, rgb.shape[:2])
     assert shared == 0  # no pixel in two detections, so no nucleus twice
     n_whole = int(whole.max())
     agreement = compute_metrics(whole, tiled)

@@ -389,3 +389,46 @@ def write_detections(path: str | os.PathLike, labels: np.ndarray, **kwargs: Any)
     """
     with GeoJSONDetectionWriter(path) as writer:
         return writer.write_instances(labels, **kwargs)
+
+
+def detection_mask(
+    feature: dict[str, Any], downsample: tuple[float, float] = (1.0, 1.0)
+) -> tuple[int, int, np.ndarray]:
+    """``(x0, y0, mask)``: a detection's outline filled on a pixel grid.
+
+    The grid is level 0 divided by ``downsample``. Outlines written here run along pixel
+    corners (:func:`outline`), so filling the pixels whose centres lie inside gives back
+    the segmented pixels exactly on the grid they were traced on.
+    """
+    from skimage.draw import polygon as draw_polygon
+
+    dx, dy = downsample
+    ring = np.asarray(feature["geometry"]["coordinates"][0], dtype=np.float64)
+    xs, ys = ring[:, 0] / dx, ring[:, 1] / dy
+    x0, y0 = int(np.floor(xs.min())), int(np.floor(ys.min()))
+    shape = (int(np.ceil(ys.max())) - y0, int(np.ceil(xs.max())) - x0)
+    rr, cc = draw_polygon(ys - y0 - 0.5, xs - x0 - 0.5, shape)
+    mask = np.zeros(shape, dtype=bool)
+    mask[rr, cc] = True
+    return x0, y0, mask
+
+
+def labels_from_detections(
+    features: Iterable[dict[str, Any]], shape: tuple[int, int]
+) -> tuple[np.ndarray, int]:
+    """An instance map of detections (k = the k-th feature) and how many pixels two claim.
+
+    Where outlines overlap the later feature wins; a GeoJSON written by ``predict-wsi``
+    has no such pixel.
+    """
+    labels = np.zeros(shape, dtype=np.int32)
+    shared = 0
+    for k, feature in enumerate(features, start=1):
+        x0, y0, mask = detection_mask(feature)
+        ys, xs = np.nonzero(mask)
+        ys, xs = ys + y0, xs + x0
+        inside = (ys >= 0) & (ys < shape[0]) & (xs >= 0) & (xs < shape[1])
+        ys, xs = ys[inside], xs[inside]
+        shared += int((labels[ys, xs] > 0).sum())
+        labels[ys, xs] = k
+    return labels, shared

@@ -24,7 +24,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from skimage.draw import polygon as draw_polygon
 
 from instasam.io.slides import Tile
 
@@ -66,24 +65,6 @@ class SeamCandidate:
     @property
     def priority(self) -> tuple:
         return (not self.primary, -self.margin, self.tile, self.line)
-
-
-def feature_mask(feature: dict, downsample: tuple[float, float]) -> tuple[int, int, np.ndarray]:
-    """``(x0, y0, mask)``: a detection's outline filled on the working level's pixel grid.
-
-    Outlines run along pixel corners (:func:`instasam.io.qupath.outline`), so filling the
-    pixels whose centres lie inside gives back the segmented pixels exactly when the tile
-    was not resized.
-    """
-    dx, dy = downsample
-    ring = np.asarray(feature["geometry"]["coordinates"][0], dtype=np.float64)
-    xs, ys = ring[:, 0] / dx, ring[:, 1] / dy
-    x0, y0 = int(np.floor(xs.min())), int(np.floor(ys.min()))
-    shape = (int(np.ceil(ys.max())) - y0, int(np.ceil(xs.max())) - x0)
-    rr, cc = draw_polygon(ys - y0 - 0.5, xs - x0 - 0.5, shape)
-    mask = np.zeros(shape, dtype=bool)
-    mask[rr, cc] = True
-    return x0, y0, mask
 
 
 def _overlap(a: SeamCandidate, mask: np.ndarray, b: SeamCandidate) -> np.ndarray | None:

@@ -80,6 +80,7 @@ from instasam.io.atomic import write_text_atomic
 from instasam.io.points import check_points_inside
 from instasam.io.qupath import (
     GeoJSONDetectionWriter,
+    detection_mask,
     encode_feature,
     id_namespace,
     instance_features,
@@ -96,7 +97,7 @@ from instasam.io.slides import (
     tiles_on_tissue,
 )
 from instasam.predict import InstancePredictor
-from instasam.predict.seams import SeamCandidate, exclusive_box, feature_mask, settle_seams
+from instasam.predict.seams import SeamCandidate, exclusive_box, settle_seams
 
 PARTIAL_SUFFIX = ".partial"
 _MANIFEST = "manifest.json"
@@ -430,7 +431,7 @@ def _seam_candidates(files: list[Path], working: WorkingLevel) -> list[SeamCandi
                 continue
             for line, text in enumerate(fh):
                 if line in wanted:
-                    x0, y0, mask = feature_mask(json.loads(text), working.downsample)
+                    x0, y0, mask = detection_mask(json.loads(text), working.downsample)
                     owned, margin = wanted[line]
                     candidates.append(SeamCandidate(index, line, owned, margin, x0, y0, mask))
     return candidates
@@ -461,7 +462,7 @@ def _copy_tile(
             mask = fate.get((index, line))
             if mask is None:
                 continue
-            x0, y0, own = feature_mask(json.loads(text), working.downsample)
+            x0, y0, own = detection_mask(json.loads(text), working.downsample)
             if np.array_equal(mask, own):
                 writer.write_encoded([text])
                 continue
