@@ -52,14 +52,17 @@ def test_feature_schema_is_what_qupath_imports_as_detections():
     assert props["classification"]["name"] == NUCLEUS_CLASS
     assert len(props["classification"]["color"]) == 3
     m = props["measurements"]  # the {name: value} form QuPath 0.4/0.5 write and read
-    assert set(m) == {
+    assert {
         "Area px^2",
         "Area µm^2",
         "Centroid X px",
         "Centroid Y px",
         "Centroid X µm",
         "Centroid Y µm",
-    }
+        "Perimeter px",
+        "Perimeter µm",
+        "Eccentricity",
+    } <= set(m)
     assert m["Area µm^2"] == pytest.approx(m["Area px^2"] * 0.25)
     assert m["Centroid X µm"] == pytest.approx(m["Centroid X px"] * 0.5, abs=0.01)
     json.dumps(feature, allow_nan=False)  # plain JSON
@@ -68,11 +71,9 @@ def test_feature_schema_is_what_qupath_imports_as_detections():
 def test_no_mpp_no_micron_measurements_and_no_ids():
     (feature,) = instance_features(disk_labels()[:40, :45])
     assert "id" not in feature
-    assert set(feature["properties"]["measurements"]) == {
-        "Area px^2",
-        "Centroid X px",
-        "Centroid Y px",
-    }
+    names = set(feature["properties"]["measurements"])
+    assert {"Area px^2", "Centroid X px", "Centroid Y px", "Perimeter px"} <= names
+    assert not any("µm" in name for name in names)
 
 
 @pytest.mark.parametrize("radius", [2.5, 4, 7, 12, 25])

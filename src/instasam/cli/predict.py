@@ -34,7 +34,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--geojson",
         action="store_true",
         help="also write OUT/<stem>.geojson: the nuclei as QuPath detections (File > Import "
-        "objects), with area and centroid measurements",
+        "objects), with per-nucleus measurements: area, centroid, perimeter, axes, "
+        "eccentricity, solidity, orientation, mean haematoxylin and eosin optical density "
+        "and mean colour",
     )
     p.add_argument("--mpp", type=float, help="microns per pixel, for the GeoJSON's µm measurements")
     p.add_argument("--sam-checkpoint", help="backbone weights, if not the default source")
@@ -162,7 +164,11 @@ def run(args: argparse.Namespace) -> int:
         if args.geojson:
             namespace = id_namespace(path.name)
             write_detections(
-                args.out / f"{path.stem}.geojson", labels, mpp=args.mpp, namespace=namespace
+                args.out / f"{path.stem}.geojson",
+                labels,
+                mpp=args.mpp,
+                namespace=namespace,
+                image=images[path],
             )
         write_label_map(out, labels)  # last: its presence marks the image as done (resume)
         done += 1

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import uuid
 from collections.abc import Iterable, Sequence
@@ -123,6 +124,8 @@ def instance_features(
     namespace: uuid.UUID | None = None,
     name: str = NUCLEUS_CLASS,
     color: Sequence[int] = NUCLEUS_COLOR,
+    image: np.ndarray | None = None,
+    measure: bool = True,
 ) -> list[dict[str, Any]]:
     """QuPath detections, one per nucleus of an instance map.
 
@@ -141,6 +144,12 @@ def instance_features(
         Microns per level-0 pixel; adds the µm measurements.
     namespace : uuid.UUID, optional
         Makes stable feature ids (see :func:`id_namespace`); None: no ids.
+    image : ndarray ``(H, W, 3)``, optional
+        The RGB tile ``labels`` segments: adds each nucleus's mean haematoxylin and eosin
+        optical density and mean colour (:func:`instasam.measure.nucleus_measurements`).
+    measure : bool
+        Add the shape measurements (perimeter, axes, eccentricity, solidity, orientation)
+        to area and centroid.
 
     Returns
     -------
@@ -154,6 +163,11 @@ def instance_features(
     ox, oy = offset
     labels, ids = _compact(labels, ids)
     boxes = ndimage.find_objects(labels)
+    extra: dict[int, dict[str, float]] = {}
+    if measure:
+        from instasam.measure import nucleus_measurements
+
+        extra = nucleus_measurements(labels, image, scale=math.sqrt(sx * sy), mpp=mpp)
     wanted = (
         range(1, len(boxes) + 1)
         if ids is None
@@ -177,6 +191,7 @@ def instance_features(
             measurements["Area µm^2"] = round(count * sx * sy * mpp * mpp, 4)
             measurements["Centroid X µm"] = round(cx * mpp, 4)
             measurements["Centroid Y µm"] = round(cy * mpp, 4)
+        measurements |= extra.get(label, {})
         fid = None if namespace is None else feature_id(namespace, cx, cy)
         features.append(detection_feature(ring, measurements, fid=fid, name=name, color=color))
     return features

@@ -96,12 +96,13 @@ from instasam.io.slides import (
     tile_grid,
     tiles_on_tissue,
 )
+from instasam.measure import RGB, STAIN
 from instasam.predict import InstancePredictor
 from instasam.predict.seams import SeamCandidate, exclusive_box, settle_seams
 
 PARTIAL_SUFFIX = ".partial"
 _MANIFEST = "manifest.json"
-_FORMAT = 3  # bump when the partial files change meaning
+_FORMAT = 4  # bump when the partial files change meaning
 
 
 @dataclass(frozen=True)
@@ -462,7 +463,8 @@ def _copy_tile(
             mask = fate.get((index, line))
             if mask is None:
                 continue
-            x0, y0, own = detection_mask(json.loads(text), working.downsample)
+            feature = json.loads(text)
+            x0, y0, own = detection_mask(feature, working.downsample)
             if np.array_equal(mask, own):
                 writer.write_encoded([text])
                 continue
@@ -472,8 +474,12 @@ def _copy_tile(
                 scale=(dx, dy),
                 mpp=mpp,
                 namespace=namespace,
-            )
-            writer.write_encoded([encode_feature(f) + "\n" for f in redrawn[:1]])
+            )[:1]
+            # No image here: the stain and colour means of the untrimmed nucleus stay.
+            old = feature["properties"]["measurements"]
+            for f in redrawn:
+                f["properties"]["measurements"] |= {k: old[k] for k in STAIN + RGB if k in old}
+            writer.write_encoded([encode_feature(f) + "\n" for f in redrawn])
     return header
 
 
@@ -533,6 +539,7 @@ def _predict_tile(
         scale=(dx / sx, dy / sy),
         mpp=slide.mpp,
         namespace=namespace,
+        image=image,
     )
     ex0, ey0, ex1, ey1 = exclusive_box(tile)
     owned, seam = set(nuclei.owned), []
