@@ -296,6 +296,19 @@ def test_every_nucleus_exactly_once_with_full_area(synthetic, tmp_path):
     assert not partial_dir(out).exists()
     ids = [f["id"] for f in features]
     assert len(set(ids)) == len(ids) and all(uuid.UUID(i) for i in ids)
+    # Shape and stain measurements of the synthetic disks (radius 8-11 px).
+    m = features[0]["properties"]["measurements"]
+    assert m["Eccentricity"] < 0.3 and m["Solidity"] > 0.9 and "Haematoxylin OD mean" in m
+
+
+def test_measurements_can_be_left_out(synthetic, tmp_path):
+    path, _ = synthetic
+    out = tmp_path / "nuclei.geojson"
+    config = SlidePredictConfig(tile=TILE, overlap=OVERLAP, measure=False)
+    with open_slide(path) as slide:
+        predict_slide(slide, DarkNuclei(), out, config, progress=False)
+    names = set(features_of(out)[0]["properties"]["measurements"])
+    assert "Eccentricity" not in names and "Area px^2" in names
 
 
 def test_nucleus_larger_than_the_overlap_is_dropped_not_cut_and_reported(tmp_path):

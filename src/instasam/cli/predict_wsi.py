@@ -69,6 +69,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="points (CSV or QuPath GeoJSON, full-resolution pixels) to count how many fall "
         "inside a predicted nucleus",
     )
+    p.add_argument(
+        "--no-measurements",
+        action="store_true",
+        help="only area and centroid per nucleus, not the shape and stain measurements "
+        "(about 0.6 s less per 1000x1000 tile)",
+    )
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     add_speed_options(p)
     p.set_defaults(func=run)
@@ -88,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         target_mpp=args.target_mpp,
         level=args.level,
         use_tissue_mask=not args.no_tissue_mask,
+        measure=not args.no_measurements,
     )
     # Everything about the slide is checked before the (slow) model loads.
     with warnings.catch_warnings(record=True) as caught:

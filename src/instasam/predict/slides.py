@@ -114,6 +114,7 @@ class SlidePredictConfig:
     target_mpp: float | None = None  # None: the predictor's mpp, else DEFAULT_TARGET_MPP
     level: int | None = None  # None: chosen from the target mpp
     use_tissue_mask: bool = True
+    measure: bool = True  # per-nucleus shape and stain measurements (instasam.measure)
 
     def __post_init__(self) -> None:
         if self.tile <= 0 or self.overlap < 0 or self.tile <= self.overlap:
@@ -156,6 +157,7 @@ class _Plan:
     todo: list[Tile]
     tile_level: int  # tile side in level pixels
     overlap_level: int
+    measure: bool
 
 
 def partial_dir(out: str | os.PathLike) -> Path:
@@ -322,7 +324,7 @@ def _plan(
             raise _no_tissue(slide, tissue)
     else:
         todo = tiles
-    return _Plan(working, tiles, todo, tile_level, overlap_level)
+    return _Plan(working, tiles, todo, tile_level, overlap_level, config.measure)
 
 
 def _tissue_megapixels(
@@ -540,6 +542,7 @@ def _predict_tile(
         mpp=slide.mpp,
         namespace=namespace,
         image=image,
+        measure=plan.measure,
     )
     ex0, ey0, ex1, ey1 = exclusive_box(tile)
     owned, seam = set(nuclei.owned), []
