@@ -13,9 +13,9 @@ from instasam import IGNORE
 from instasam.config import NetConfig, NucleiNetConfig
 from instasam.model.unet import NucleiUNet, net_from_payload, save_net
 from instasam.predict.tiles import NetPredictor, load_predictor, predict_net_maps
+from instasam.pseudo_labels.refine import ignore_around_unlabelled_points
 from instasam.training import precision as precision_module
 from instasam.training.crops import LabelledTile, crop_targets, jitter_colour, training_batch
-from instasam.training.labels import ignore_around_unlabelled_points
 from instasam.training.loop import learning_rate, train_net, update_ema
 from instasam.training.precision import resolve_precision
 from instasam.training.validation import ValTile

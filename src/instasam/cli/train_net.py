@@ -105,8 +105,8 @@ def run_net(args: argparse.Namespace) -> int:
     import torch  # after the inputs are checked: a bad one is refused in a second
 
     from instasam.model.unet import NucleiUNet, parameter_count
+    from instasam.pseudo_labels.refine import ignore_around_unlabelled_points
     from instasam.training.crops import LabelledTile
-    from instasam.training.labels import ignore_around_unlabelled_points
     from instasam.training.loop import train_net
     from instasam.training.precision import resolve_precision
     from instasam.training.validation import ValTile

@@ -14,15 +14,32 @@ from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
 from instasam import IGNORE
+from instasam.pseudo_labels.voronoi import point_pixels
 
 
-def point_pixels(points: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Row and column of each ``(x, y)`` point, rounded and kept inside the image."""
-    h, w = shape
-    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-    rows = np.clip(np.round(pts[:, 1]).astype(int), 0, h - 1)
-    cols = np.clip(np.round(pts[:, 0]).astype(int), 0, w - 1)
-    return rows, cols
+def ignore_around_unlabelled_points(
+    labels: np.ndarray, points: np.ndarray, radius: float
+) -> np.ndarray:
+    """``labels`` with a disk of IGNORE around each point whose nucleus got no label.
+
+    Pseudo labels miss some nuclei (S labels about 90 % of the Kumar training nuclei); the
+    point still says a nucleus is there, so its surroundings must not be taught as
+    background. Labelled pixels of other nuclei are left alone.
+    """
+    if radius <= 0 or len(points) == 0:
+        return labels
+    present = np.zeros(len(points) + 1, dtype=bool)
+    ids = labels[labels > 0]
+    present[ids[ids <= len(points)]] = True
+    missing = np.nonzero(~present[1:])[0]
+    if not missing.size:
+        return labels.copy()
+    rows, cols = point_pixels(np.asarray(points)[missing], labels.shape)
+    seeds = np.zeros(labels.shape, dtype=bool)
+    seeds[rows, cols] = True
+    out = labels.copy()
+    out[(ndi.distance_transform_edt(~seeds) <= radius) & (labels == 0)] = IGNORE
+    return out
 
 
 def instances_vouched_by_points(prediction: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -86,12 +103,4 @@ def refined_labels(
     present[np.unique(out[out > 0])] = True
     fallback = (previous > 0) & ~present[np.clip(previous, 0, len(points))] & (out == 0)
     out[fallback] = previous[fallback]
-    present[np.unique(out[out > 0])] = True
-    missing = np.nonzero(~present[1:])[0]
-    if ignore_radius > 0 and missing.size:
-        rows, cols = point_pixels(points[missing], out.shape)
-        seeds = np.zeros(out.shape, dtype=bool)
-        seeds[rows, cols] = True
-        near = ndi.distance_transform_edt(~seeds) <= ignore_radius
-        out[near & (out == 0)] = IGNORE
-    return out
+    return ignore_around_unlabelled_points(out, points, ignore_radius)
