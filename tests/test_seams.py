@@ -43,6 +43,7 @@ def test_the_same_nucleus_kept_by_two_tiles_is_kept_once_by_the_better_placed():
     fate = settle_seams([b, a])
     assert fate[(1, 0)] is None
     assert np.array_equal(fate[(0, 3)], disk)
+    assert fate[(0, 3)] is a.mask  # untouched: its own mask, so its outline is kept as is
 
 
 def test_a_boundary_disagreement_is_trimmed_so_no_pixel_is_shared():

@@ -91,21 +91,16 @@ def image_files(paths: list[Path]) -> list[Path]:
 
 def prediction_record(args: argparse.Namespace, predictor) -> dict:
     """What made this folder's label maps, for the report and for the user who finds it."""
-    import hashlib
     from dataclasses import asdict
 
     from instasam import __version__
-    from instasam.pretrained import resolve_model
+    from instasam.pretrained import file_sha256, resolve_model
 
     path = resolve_model(args.model)
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
     return {
         "model": str(args.model),
         "file": str(path),
-        "sha256": digest.hexdigest(),
+        "sha256": file_sha256(path),
         "postprocess": asdict(predictor.postprocess),
         "precision": getattr(predictor, "precision", "fp32"),
         "flips": bool(getattr(predictor, "flips", False)),

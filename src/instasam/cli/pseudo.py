@@ -193,9 +193,13 @@ def model_labeller(args: argparse.Namespace, loaded: list):
     from instasam.pseudo_labels.refine import refined_labels
     from instasam.training.labels import labels_from_pseudo_folder
 
-    if args.previous:  # every tile's previous labels must be there before any output
-        for s in loaded:
-            labels_from_pseudo_folder(args.previous, s.stem, s.image.shape[:2])
+    # Every tile's previous labels are read (and so checked) before any output.
+    previous = {
+        s.stem: labels_from_pseudo_folder(args.previous, s.stem, s.image.shape[:2])
+        if args.previous
+        else np.zeros(s.image.shape[:2], dtype=np.int32)
+        for s in loaded
+    }
     predictor = load_predictor(args.model, precision=args.precision, flips=args.flips)
     if not isinstance(predictor, NetPredictor):
         from instasam.errors import InputError
@@ -203,12 +207,6 @@ def model_labeller(args: argparse.Namespace, loaded: list):
         raise InputError(args.model, "not a nuclei-network model (--source model needs one)")
 
     def label(s):
-        shape = s.image.shape[:2]
-        previous = (
-            labels_from_pseudo_folder(args.previous, s.stem, shape)
-            if args.previous
-            else np.zeros(shape, dtype=np.int32)
-        )
-        return refined_labels(predictor.predict_instances(s.image), s.points, previous)
+        return refined_labels(predictor.predict_instances(s.image), s.points, previous[s.stem])
 
     return label

@@ -38,7 +38,7 @@ def labels_source(args: argparse.Namespace) -> str:
     """What the training labels are: --pseudo, or what made the --labels-from folder."""
     if not args.labels_from:
         return args.pseudo
-    from instasam.cli.pseudo import SOURCE_FILE
+    from instasam.cli.pseudo import SOURCE_FILE, SOURCES
 
     record = args.labels_from / SOURCE_FILE
     if not record.is_file():  # written by earlier versions without it: S or C+V
@@ -47,7 +47,7 @@ def labels_source(args: argparse.Namespace) -> str:
         source = json.loads(record.read_text())["source"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise InputError(record, f"unreadable ({exc})") from None
-    if source not in ("sam", "cv", "model"):
+    if source not in SOURCES:
         raise InputError(record, f"unknown label source {source!r}")
     return source
 

@@ -88,8 +88,8 @@ def settle_seams(candidates: list[SeamCandidate]) -> dict[tuple[int, int], np.nd
     Returns
     -------
     dict
-        ``None``: dropped. A mask: accepted; when it differs from the candidate's own
-        (same box), the candidate was trimmed and its outline must be redrawn.
+        ``None``: dropped. A mask: accepted; the candidate's own ``mask`` object when
+        untouched, else a trimmed copy (same box) whose outline must be redrawn.
     """
     order = sorted(candidates, key=lambda c: c.priority)
     fate: dict[tuple[int, int], np.ndarray | None] = {}

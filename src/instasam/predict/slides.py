@@ -276,10 +276,13 @@ def predict_slide(
 
     _remove_stale_assembly(out)
     files = [_tile_file(sidecar, t) for t in plan.todo]
-    fate = settle_seams(_seam_candidates(files, working))
+    candidates = {(c.tile, c.line): c for c in _seam_candidates(files, working)}
+    fate = settle_seams(list(candidates.values()))
     with GeoJSONDetectionWriter(out) as writer:
         for index, path in enumerate(files):
-            header = _copy_tile(path, index, fate, writer, working, slide.mpp, namespace)
+            header = _copy_tile(
+                path, index, candidates, fate, writer, working, slide.mpp, namespace
+            )
             run.dropped_at_edge += header["dropped_at_edge"]
             run.points_in_nuclei += header["points_in_nuclei"]
             run.largest_reach = max(run.largest_reach, header["largest_reach"])
@@ -443,6 +446,7 @@ def _seam_candidates(files: list[Path], working: WorkingLevel) -> list[SeamCandi
 def _copy_tile(
     path: Path,
     index: int,
+    candidates: dict[tuple[int, int], SeamCandidate],
     fate: dict[tuple[int, int], np.ndarray | None],
     writer: GeoJSONDetectionWriter,
     working: WorkingLevel,
@@ -457,22 +461,18 @@ def _copy_tile(
     dx, dy = working.downsample
     with open(path, encoding="utf-8") as fh:
         header = json.loads(fh.readline())
-        seam = {line for line, _, _ in header["seam"]}
         for line, text in enumerate(fh):
-            if line not in seam:
+            candidate = candidates.get((index, line))
+            if candidate is None or fate[(index, line)] is candidate.mask:  # untouched
                 writer.write_encoded([text])
                 continue
-            mask = fate.get((index, line))
+            mask = fate[(index, line)]
             if mask is None:
                 continue
             feature = json.loads(text)
-            x0, y0, own = detection_mask(feature, working.downsample)
-            if np.array_equal(mask, own):
-                writer.write_encoded([text])
-                continue
             redrawn = instance_features(
                 mask.astype(np.int32),
-                offset=(x0 * dx, y0 * dy),
+                offset=(candidate.x0 * dx, candidate.y0 * dy),
                 scale=(dx, dy),
                 mpp=mpp,
                 namespace=namespace,
