@@ -97,14 +97,12 @@ def run(args: argparse.Namespace) -> int:
 
     from instasam import IGNORE
     from instasam.io.atomic import write_text_atomic
-    from instasam.io.folder import check_training_points, list_samples, load_sample
+    from instasam.io.folder import training_samples
     from instasam.io.images import write_mask_png
     from instasam.io.labels import write_label_map
     from instasam.io.overlays import write_overlay_png
 
-    samples = list_samples(args.data, require_points=True)
-    loaded = [load_sample(s) for s in samples]  # every input is checked before any output
-    check_training_points(samples, loaded)
+    loaded = training_samples(args.data)  # every input is checked before any output
     import torch  # after the inputs are checked: a bad one is refused in a second
 
     from instasam.pseudo_labels.quality import pseudo_label_quality

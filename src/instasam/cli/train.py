@@ -144,15 +144,11 @@ def run(args: argparse.Namespace) -> int:
         from instasam.cli.train_net import run_net
 
         return run_net(args)
-    from instasam.io.folder import check_training_points, list_samples, load_sample
+    from instasam.io.folder import list_samples, load_sample, training_samples
 
     config = config_from_args(args)
-    samples = list_samples(
-        args.data, require_points=True, require_labels=config.train.pseudo == "gt"
-    )
     val_samples = list_samples(args.val, require_labels=True) if args.val else []
-    loaded = [load_sample(s) for s in samples]  # validates every file before any work
-    check_training_points(samples, loaded)
+    loaded = training_samples(args.data, require_labels=config.train.pseudo == "gt")
     val_loaded = [load_sample(s) for s in val_samples]
     import torch  # after the inputs are checked: a bad one is refused in a second
     from tqdm.auto import tqdm

@@ -93,14 +93,12 @@ def fixed_labels(args: argparse.Namespace, loaded: list, source: str) -> list[np
 
 
 def run_net(args: argparse.Namespace) -> int:
-    from instasam.io.folder import check_training_points, list_samples, load_sample
+    from instasam.io.folder import list_samples, load_sample, training_samples
 
     config = net_config_from_args(args)
     source = config.train.labels
-    samples = list_samples(args.data, require_points=True, require_labels=source == "gt")
     val_samples = list_samples(args.val, require_labels=True) if args.val else []
-    loaded = [load_sample(s) for s in samples]  # validates every file before any work
-    check_training_points(samples, loaded)
+    loaded = training_samples(args.data, require_labels=source == "gt")
     val_loaded = [load_sample(s) for s in val_samples]
     import torch  # after the inputs are checked: a bad one is refused in a second
 

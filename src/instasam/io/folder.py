@@ -168,19 +168,6 @@ def load_sample(sample: Sample, mpp: float | None = None) -> LoadedSample:
     return LoadedSample(sample.stem, image, labels, points)
 
 
-__all__ = [
-    "LoadedSample",
-    "Sample",
-    "check_label_size",
-    "find_by_stem",
-    "index_by_stem",
-    "list_samples",
-    "load_sample",
-    "pick_one",
-    "unique_images",
-]
-
-
 def check_training_points(samples: list[Sample], loaded: list[LoadedSample]) -> None:
     """Refuse a tile to learn from that has no points.
 
@@ -196,3 +183,26 @@ def check_training_points(samples: list[Sample], loaded: list[LoadedSample]) -> 
                 sample.points_path,
                 "no points (a header but no rows): annotate the tile or remove it",
             )
+
+
+def training_samples(folder: str | os.PathLike, require_labels: bool = False) -> list[LoadedSample]:
+    """Every tile of a prepared folder to learn from, read and checked, each with points."""
+    samples = list_samples(folder, require_points=True, require_labels=require_labels)
+    loaded = [load_sample(s) for s in samples]  # every file is checked before any work
+    check_training_points(samples, loaded)
+    return loaded
+
+
+__all__ = [
+    "LoadedSample",
+    "Sample",
+    "check_label_size",
+    "check_training_points",
+    "find_by_stem",
+    "index_by_stem",
+    "list_samples",
+    "load_sample",
+    "pick_one",
+    "training_samples",
+    "unique_images",
+]
