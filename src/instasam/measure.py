@@ -1,11 +1,11 @@
 """Per-nucleus measurements: size, shape and stain, the table a pathologist analyses.
 
 Geometry comes from scikit-image's ``regionprops``; stain from its colour deconvolution
-(``rgb2hed``, Ruifrok & Johnston's H&E-DAB matrix), whose haematoxylin and eosin channels
-are optical densities: ``-log10`` of the transmitted light, unmixed into the stains.
-Lengths and areas are in the label map's pixels, scaled by ``scale`` (level-0 pixels per
-label pixel) and, with ``mpp``, also given in µm. Names follow QuPath's style so the values
-show in its measurement tables.
+(``rgb2hed``, Ruifrok & Johnston's H&E-DAB matrix): the optical density of each channel
+(``-log10`` of the transmitted light, divided by 6 in ``rgb2hed``'s scale) unmixed into
+haematoxylin and eosin. Lengths are in the label map's pixels times ``scale`` (level-0
+pixels per label pixel) and, with ``mpp``, also in µm. Names follow QuPath's style so the
+values show in its measurement tables.
 """
 
 from __future__ import annotations
