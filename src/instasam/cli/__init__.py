@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "predict",
     "postprocess",
     "predict_wsi",
+    "predict_cohort",
     "evaluate",
     "weights",
     "models",

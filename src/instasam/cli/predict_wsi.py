@@ -6,13 +6,15 @@ import argparse
 import sys
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from instasam.cli.predict import add_speed_options
 
+if TYPE_CHECKING:
+    from instasam.predict.slides import SlidePredictConfig
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from instasam.io.slides import DEFAULT_OVERLAP, DEFAULT_TARGET_MPP, DEFAULT_TILE
-
     p = subparsers.add_parser(
         "predict-wsi",
         help="segment the nuclei of a whole slide into a QuPath GeoJSON",
@@ -22,17 +24,37 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "tiles are kept in OUT.partial/ until OUT is complete.",
     )
     p.add_argument("slide", type=Path, help="slide file (.svs, .tif, ...)")
-    p.add_argument(
-        "--model",
-        default="monuseg-points",
-        help="a shipped model's name (`instasam models`) or RUN/model.pt from instasam train "
-        "(default: monuseg-points)",
-    )
     p.add_argument("--out", required=True, type=Path, help="output .geojson")
     p.add_argument(
         "--mpp",
         type=float,
         help="microns per pixel of the slide's full resolution (overrides its metadata)",
+    )
+    p.add_argument(
+        "--points",
+        type=Path,
+        help="points (CSV or QuPath GeoJSON, full-resolution pixels) to count how many fall "
+        "inside a predicted nucleus",
+    )
+    p.add_argument(
+        "--table",
+        type=Path,
+        help="also write one CSV row per nucleus (its measurements) to this file",
+    )
+    add_slide_options(p)
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.set_defaults(func=run)
+
+
+def add_slide_options(p: argparse.ArgumentParser) -> None:
+    """Model, tiling and measurement options shared by predict-wsi and predict-cohort."""
+    from instasam.io.slides import DEFAULT_OVERLAP, DEFAULT_TARGET_MPP, DEFAULT_TILE
+
+    p.add_argument(
+        "--model",
+        default="monuseg-points",
+        help="a shipped model's name (`instasam models`) or RUN/model.pt from instasam train "
+        "(default: monuseg-points)",
     )
     p.add_argument(
         "--target-mpp",
@@ -64,31 +86,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--no-tissue-mask", action="store_true", help="process every tile, tissue or not"
     )
     p.add_argument(
-        "--points",
-        type=Path,
-        help="points (CSV or QuPath GeoJSON, full-resolution pixels) to count how many fall "
-        "inside a predicted nucleus",
-    )
-    p.add_argument(
         "--no-measurements",
         action="store_true",
         help="only area and centroid per nucleus, not the shape and stain measurements "
         "(about 0.6 s less per 1000x1000 tile)",
     )
-    p.add_argument("--threads", type=int, help="CPU threads for torch")
     add_speed_options(p)
-    p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from instasam.errors import InputError
-    from instasam.io.points import check_points_inside, read_points
-    from instasam.io.slides import DEFAULT_TARGET_MPP, SlideWarning, open_slide
-    from instasam.predict.slides import SlidePredictConfig, check_tissue, predict_slide
+def slide_config(args: argparse.Namespace) -> SlidePredictConfig:
+    """The whole-slide settings of parsed :func:`add_slide_options` arguments."""
+    from instasam.predict.slides import SlidePredictConfig
 
-    if args.out.suffix.lower() not in (".geojson", ".json"):
-        raise InputError(args.out, "--out must end in .geojson")
-    config = SlidePredictConfig(
+    return SlidePredictConfig(
         tile=args.tile,
         overlap=args.overlap,
         target_mpp=args.target_mpp,
@@ -96,6 +106,26 @@ def run(args: argparse.Namespace) -> int:
         use_tissue_mask=not args.no_tissue_mask,
         measure=not args.no_measurements,
     )
+
+
+def model_fingerprint(path: Path) -> dict[str, Any]:
+    """What a resumed run checks the model file against: name, size and time."""
+    stat = path.stat()
+    return {"model": path.name, "bytes": stat.st_size, "mtime": stat.st_mtime}
+
+
+def run(args: argparse.Namespace) -> int:
+    from instasam.errors import InputError
+    from instasam.io.atomic import check_output_file
+    from instasam.io.points import check_points_inside, read_points
+    from instasam.io.slides import DEFAULT_TARGET_MPP, SlideWarning, open_slide
+    from instasam.predict.slides import check_tissue, predict_slide
+
+    if args.out.suffix.lower() not in (".geojson", ".json"):
+        raise InputError(args.out, "--out must end in .geojson")
+    if args.table is not None:
+        check_output_file(args.table)
+    config = slide_config(args)
     # Everything about the slide is checked before the (slow) model loads.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SlideWarning)
@@ -125,7 +155,6 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(model_path, "model file not found")
 
         predictor = load_predictor(model_path, precision=args.precision, flips=args.flips)
-        stat = model_path.stat()
         result = predict_slide(
             slide,
             predictor,
@@ -134,8 +163,9 @@ def run(args: argparse.Namespace) -> int:
             resume=not args.no_resume,
             points=points,
             tissue=tissue,
-            fingerprint={"model": model_path.name, "bytes": stat.st_size, "mtime": stat.st_mtime},
+            fingerprint=model_fingerprint(model_path),
             points_name=str(args.points),
+            table=args.table,
         )
     w = result.working
     print(

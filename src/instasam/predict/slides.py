@@ -61,12 +61,14 @@ Streaming and resume
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import shutil
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,6 +98,7 @@ from instasam.io.slides import (
     tile_grid,
     tiles_on_tissue,
 )
+from instasam.io.tables import NucleiTableWriter, Spread
 from instasam.measure import RGB, STAIN
 from instasam.predict import InstancePredictor
 from instasam.predict.seams import SeamCandidate, exclusive_box, settle_seams
@@ -148,10 +151,15 @@ class SlideRun:
     tissue_megapixels: float = 0.0  # tissue area in model pixels
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    # With a nuclei table: median and IQR of the nuclei's area and haematoxylin density.
+    area_um2: Spread | None = None
+    haematoxylin_od: Spread | None = None
 
 
 @dataclass(frozen=True)
-class _Plan:
+class TilePlan:
+    """A slide's tile grid at its working level, and the tiles on tissue to segment."""
+
     working: WorkingLevel
     tiles: list[Tile]
     todo: list[Tile]
@@ -178,6 +186,7 @@ def predict_slide(
     fingerprint: dict[str, Any] | None = None,
     progress: bool = True,
     points_name: str = "points",
+    table: str | os.PathLike | None = None,
 ) -> SlideRun:
     """Segment the nuclei of a slide into a QuPath GeoJSON file.
 
@@ -204,6 +213,8 @@ def predict_slide(
         Show a progress bar.
     points_name : str
         How error messages name the points (e.g. their file).
+    table : path, optional
+        Also write one CSV row per nucleus (:class:`~instasam.io.tables.NucleiTableWriter`).
 
     Raises
     ------
@@ -212,6 +223,82 @@ def predict_slide(
         settings, or a slide region that cannot be decoded.
     """
     started = time.perf_counter()
+    job = start_slide_job(
+        slide,
+        out,
+        config,
+        model_mpp=getattr(predictor, "mpp", None),
+        resume=resume,
+        points=points,
+        tissue=tissue,
+        fingerprint=fingerprint,
+        points_name=points_name,
+    )
+    pending = pending_tiles(job)
+    bar = tqdm(
+        total=len(job.plan.todo),
+        initial=job.run.tiles_resumed,
+        desc=slide.name,
+        unit="tile",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    # Resumed tiles count too: the bar shows the slide's nuclei so far, not this run's.
+    found = job.resumed_nuclei
+    bar.set_postfix(nuclei=found, refresh=False)
+    try:
+        for tile in pending:
+            found += predict_tile_file(slide, predictor, job, tile)
+            job.run.tiles_predicted += 1
+            bar.set_postfix(nuclei=found, refresh=False)
+            bar.update(1)
+    finally:
+        bar.close()
+    run = finish_slide_job(job, table=table)
+    run.seconds = time.perf_counter() - started
+    return run
+
+
+@dataclass
+class SlideJob:
+    """A slide's run once planned: its tiles, where finished tiles go, what was resumed.
+
+    Made by :func:`start_slide_job`; tiles are done by :func:`predict_tile_file` (in any
+    order, in any process that sees the same files; doing one twice rewrites the same
+    file) and the GeoJSON is assembled by :func:`finish_slide_job`. Picklable, so a
+    cluster's workers can share it.
+    """
+
+    out: Path
+    plan: TilePlan
+    namespace: uuid.UUID
+    mpp: float | None
+    run: SlideRun
+    owners: dict[tuple[int, int], np.ndarray]
+    resumed_nuclei: int = 0
+
+    @property
+    def sidecar(self) -> Path:
+        return partial_dir(self.out)
+
+
+def start_slide_job(
+    slide: Slide,
+    out: str | os.PathLike,
+    config: SlidePredictConfig | None = None,
+    *,
+    model_mpp: float | None = None,
+    resume: bool = True,
+    points: np.ndarray | None = None,
+    tissue: TissueMask | None = None,
+    fingerprint: dict[str, Any] | None = None,
+    points_name: str = "points",
+) -> SlideJob:
+    """Plan a slide's tiles and prepare (or check, to resume) its ``OUT.partial/`` folder.
+
+    ``model_mpp`` is the predictor's resolution, used when ``config`` sets no target.
+    Other parameters and errors as :func:`predict_slide`.
+    """
     config = config or SlidePredictConfig()
     out = Path(out)
     if out.is_dir():
@@ -219,7 +306,7 @@ def predict_slide(
     if points is not None:
         points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
         check_points_inside(points, (slide.dimensions[1], slide.dimensions[0]), points_name)
-    target = config.target_mpp or getattr(predictor, "mpp", None) or DEFAULT_TARGET_MPP
+    target = config.target_mpp or model_mpp or DEFAULT_TARGET_MPP
     working = slide.working_level(target, config.level)
     if not config.use_tissue_mask:
         tissue = None
@@ -230,72 +317,73 @@ def predict_slide(
     run.tiles_total, run.tiles_on_tissue = len(plan.tiles), len(plan.todo)
     run.tissue_megapixels = _tissue_megapixels(slide, working, plan, tissue)
     run.points = 0 if points is None else len(points)
-
     sidecar = partial_dir(out)
-    manifest = _manifest(slide, working, config, plan, fingerprint, points)
-    _prepare_sidecar(sidecar, manifest, resume)
-    owners = _point_owners(points, plan, working)
-    namespace = id_namespace(f"{slide.name}:{slide.dimensions[0]}x{slide.dimensions[1]}")
-
-    finished = [_tile_file(sidecar, t).is_file() for t in plan.todo]
-    pending = [t for t, done in zip(plan.todo, finished, strict=True) if not done]
-    run.tiles_resumed = len(plan.todo) - len(pending)
-    bar = tqdm(
-        total=len(plan.todo),
-        initial=run.tiles_resumed,
-        desc=slide.name,
-        unit="tile",
-        disable=not progress,
-        dynamic_ncols=True,
+    _prepare_sidecar(sidecar, _manifest(slide, working, config, plan, fingerprint, points), resume)
+    job = SlideJob(
+        out=out,
+        plan=plan,
+        namespace=id_namespace(f"{slide.name}:{slide.dimensions[0]}x{slide.dimensions[1]}"),
+        mpp=slide.mpp,
+        run=run,
+        owners=_point_owners(points, plan, working),
     )
-    # Resumed tiles count too: the bar shows the slide's nuclei so far, not this run's.
-    found = sum(
-        _tile_header(_tile_file(sidecar, t))["nuclei"]
-        for t, done in zip(plan.todo, finished, strict=True)
-        if done
-    )
-    bar.set_postfix(nuclei=found, refresh=False)
-    try:
-        for tile in pending:
-            header, lines = _predict_tile(
-                slide,
-                predictor,
-                tile,
-                plan,
-                namespace,
-                owners.get((tile.row, tile.col)),
-            )
-            body = "\n".join([json.dumps(header), *lines]) + "\n"
-            write_text_atomic(_tile_file(sidecar, tile), body)
-            run.tiles_predicted += 1
-            found += header["nuclei"]
-            bar.set_postfix(nuclei=found, refresh=False)
-            bar.update(1)
-    finally:
-        bar.close()
+    done = [t for t in plan.todo if _tile_file(sidecar, t).is_file()]
+    run.tiles_resumed = len(done)
+    job.resumed_nuclei = sum(_tile_header(_tile_file(sidecar, t))["nuclei"] for t in done)
+    return job
 
+
+def pending_tiles(job: SlideJob) -> list[Tile]:
+    """The job's tiles on tissue that no run has finished yet."""
+    return [t for t in job.plan.todo if not _tile_file(job.sidecar, t).is_file()]
+
+
+def predict_tile_file(slide: Slide, predictor: InstancePredictor, job: SlideJob, tile: Tile) -> int:
+    """Segment one tile into the job's partial folder (atomically); returns its nuclei."""
+    header, lines = _predict_tile(
+        slide, predictor, tile, job.plan, job.namespace, job.owners.get((tile.row, tile.col))
+    )
+    body = "\n".join([json.dumps(header), *lines]) + "\n"
+    write_text_atomic(_tile_file(job.sidecar, tile), body)
+    return int(header["nuclei"])
+
+
+def finish_slide_job(job: SlideJob, table: str | os.PathLike | None = None) -> SlideRun:
+    """Settle the seams and write the GeoJSON (and the nuclei ``table``); removes the folder.
+
+    Every tile on tissue must be finished. Returns the job's :class:`SlideRun`.
+    """
+    out, run, working = job.out, job.run, job.plan.working
+    files = [_tile_file(job.sidecar, t) for t in job.plan.todo]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise ValueError(f"{job.sidecar}: {len(missing)} tile(s) not finished ({missing[0]}, ...)")
     _remove_stale_assembly(out)
-    files = [_tile_file(sidecar, t) for t in plan.todo]
     candidates = {(c.tile, c.line): c for c in _seam_candidates(files, working)}
     fate = settle_seams(list(candidates.values()))
-    with GeoJSONDetectionWriter(out) as writer:
+    with contextlib.ExitStack() as stack:
+        writer = stack.enter_context(GeoJSONDetectionWriter(out))
+        rows = None if table is None else stack.enter_context(NucleiTableWriter(table))
         for index, path in enumerate(files):
             header = _copy_tile(
-                path, index, candidates, fate, writer, working, slide.mpp, namespace
+                path, index, candidates, fate, writer, working, job.mpp, job.namespace, rows
             )
             run.dropped_at_edge += header["dropped_at_edge"]
             run.points_in_nuclei += header["points_in_nuclei"]
             run.largest_reach = max(run.largest_reach, header["largest_reach"])
         run.nuclei = writer.count
-    shutil.rmtree(sidecar, ignore_errors=True)
-    if run.dropped_at_edge or run.largest_reach >= config.overlap / 2:
+        if rows is not None:
+            run.area_um2 = rows.spread("Area µm^2")
+            run.haematoxylin_od = rows.spread("Haematoxylin OD mean")
+    shutil.rmtree(job.sidecar, ignore_errors=True)
+    overlap = job.run.overlap
+    if run.dropped_at_edge or run.largest_reach >= overlap / 2:
         run.notes.append(
             f"some nuclei reach {run.largest_reach:.0f} px from their centre (overlap/2 = "
-            f"{config.overlap / 2:g}); {run.dropped_at_edge} cut piece(s) were dropped at tile "
+            f"{overlap / 2:g}); {run.dropped_at_edge} cut piece(s) were dropped at tile "
             "edges. Nuclei this large can be cut or lost at tile seams: raise --overlap above "
             "the largest nucleus diameter"
         )
-    run.seconds = time.perf_counter() - started
     return run
 
 
@@ -315,7 +403,7 @@ def _no_tissue(slide: Slide, tissue: TissueMask) -> InputError:
 
 def _plan(
     slide: Slide, working: WorkingLevel, config: SlidePredictConfig, tissue: TissueMask | None
-) -> _Plan:
+) -> TilePlan:
     tile_level = max(1, round(config.tile / working.scale))
     overlap_level = math.ceil(config.overlap / working.scale)
     if tile_level <= overlap_level:
@@ -327,11 +415,11 @@ def _plan(
             raise _no_tissue(slide, tissue)
     else:
         todo = tiles
-    return _Plan(working, tiles, todo, tile_level, overlap_level, config.measure)
+    return TilePlan(working, tiles, todo, tile_level, overlap_level, config.measure)
 
 
 def _tissue_megapixels(
-    slide: Slide, working: WorkingLevel, plan: _Plan, tissue: TissueMask | None
+    slide: Slide, working: WorkingLevel, plan: TilePlan, tissue: TissueMask | None
 ) -> float:
     """Tissue area in model pixels (the processed tiles' cores when there is no mask)."""
     level_area = sum((t.core_x[1] - t.core_x[0]) * (t.core_y[1] - t.core_y[0]) for t in plan.todo)
@@ -345,7 +433,7 @@ def _manifest(
     slide: Slide,
     working: WorkingLevel,
     config: SlidePredictConfig,
-    plan: _Plan,
+    plan: TilePlan,
     fingerprint: dict[str, Any] | None,
     points: np.ndarray | None,
 ) -> dict[str, Any]:
@@ -452,6 +540,7 @@ def _copy_tile(
     working: WorkingLevel,
     mpp: float | None,
     namespace: Any,
+    rows: NucleiTableWriter | None = None,
 ) -> dict[str, Any]:
     """Stream one finished tile's features into the writer as settled; returns its header.
 
@@ -465,6 +554,8 @@ def _copy_tile(
             candidate = candidates.get((index, line))
             if candidate is None or fate[(index, line)] is candidate.mask:  # untouched
                 writer.write_encoded([text])
+                if rows is not None:
+                    rows.write(json.loads(text))
                 continue
             mask = fate[(index, line)]
             if mask is None:
@@ -482,11 +573,14 @@ def _copy_tile(
             for f in redrawn:
                 f["properties"]["measurements"] |= {k: old[k] for k in STAIN + RGB if k in old}
             writer.write_encoded([encode_feature(f) + "\n" for f in redrawn])
+            if rows is not None:
+                for f in redrawn:
+                    rows.write(f)
     return header
 
 
 def _point_owners(
-    points: np.ndarray | None, plan: _Plan, working: WorkingLevel
+    points: np.ndarray | None, plan: TilePlan, working: WorkingLevel
 ) -> dict[tuple[int, int], np.ndarray]:
     """Level-pixel points grouped by the tile whose core holds them."""
     if points is None or not len(points):
@@ -513,7 +607,7 @@ def _predict_tile(
     slide: Slide,
     predictor: InstancePredictor,
     tile: Tile,
-    plan: _Plan,
+    plan: TilePlan,
     namespace: Any,
     points: np.ndarray | None,
 ) -> tuple[dict[str, Any], list[str]]:
