@@ -224,6 +224,18 @@ def _case_wsi_missing_slide(t):
     return ["predict-wsi", str(t / "s.svs"), "--out", str(t / "out.geojson")], t / "s.svs"
 
 
+def _case_cohort_manifest_without_slide_column(t):
+    manifest = t / "cohort.csv"
+    manifest.write_text("file,mpp\na.svs,0.25\n")
+    return ["predict-cohort", str(manifest), "--out", str(t / "out")], manifest
+
+
+def _case_cohort_folder_without_slides(t):
+    (t / "scans").mkdir()
+    (t / "scans" / "notes.txt").write_text("no slides here")
+    return ["predict-cohort", str(t / "scans"), "--out", str(t / "out")], t / "scans"
+
+
 CASES = {
     ("prepare", "source folder missing"): _case_prepare_missing,
     ("prepare", "malformed MoNuSeg XML"): _case_prepare_bad_xml,
@@ -253,6 +265,11 @@ CASES = {
     ("evaluate", "--json names a folder"): _case_evaluate_json_folder,
     ("predict-wsi", "--out not .geojson"): _case_wsi_not_geojson,
     ("predict-wsi", "slide missing"): _case_wsi_missing_slide,
+    (
+        "predict-cohort",
+        "manifest without a 'slide' column",
+    ): _case_cohort_manifest_without_slide_column,
+    ("predict-cohort", "folder holding no slide"): _case_cohort_folder_without_slides,
 }
 
 

@@ -360,6 +360,8 @@ def predict_cohort(
             future.cancel()
         item = by_name[name]
         reason = exc.reason if isinstance(exc, InputError) else f"{type(exc).__name__}: {exc}"
+        # A cohort has no --mpp option: the pixel size of such a slide goes in a manifest.
+        reason = reason.replace("pass --mpp", "give its mpp in a manifest's mpp column")
         rows[name] = CohortRow(name, str(item.path), FAILED, reason=" ".join(reason.split()))
         write_cohort_csv(out / COHORT_CSV, [rows[s.name] for s in slides if s.name in rows])
 
