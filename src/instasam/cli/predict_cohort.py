@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
             silence_logs=logging.CRITICAL,  # a failed slide is reported once, by us
         )
         client = Client(cluster)
-        where = f"a local cluster of {workers} workers x {threads} threads"
+        where = f"a local cluster of {workers} worker(s) x {threads} thread(s)"
     try:
         print(f"{len(slides)} slides on {where}; dashboard: {client.dashboard_link}")
         result = predict_cohort(

@@ -14,7 +14,6 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, TextIO
 
 import numpy as np
@@ -98,10 +97,5 @@ class NucleiTableWriter:
     def __enter__(self) -> NucleiTableWriter:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._stack.__exit__(exc_type, exc, tb)  # closes, then renames or removes
+    def __exit__(self, *exc_info: Any) -> None:
+        self._stack.__exit__(*exc_info)  # closes the file, then renames or removes it
