@@ -76,6 +76,7 @@ COHORT_COLUMNS = (
 )
 DONE, FAILED = "done", "failed"
 OPEN_SLIDES_PER_WORKER = 4
+_PRIORITY = {"plan": 2, "finish": 1, "tiles": 0}  # plan every slide early, finish promptly
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ class CohortRow:
     tiles: int = 0
     tiles_resumed: int = 0
     tile_seconds: float = 0.0  # compute time of this run's tiles, summed over workers
-    seconds: float = 0.0  # wall time from the slide's plan to its finished files
+    seconds: float = 0.0  # wall time from the slide's plan to its files (slides interleave)
     geojson: str = ""
     table: str = ""
 
@@ -321,109 +322,167 @@ def predict_cohort(
         One row per slide, in the order given; failed slides have ``status`` "failed"
         and a ``reason``.
     """
-    from distributed import as_completed
-
     if tiles_per_task < 1:
         raise InputError(None, f"--tiles-per-task must be >= 1, got {tiles_per_task}")
     started = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    config = config or SlidePredictConfig()
-    fingerprint = fingerprint or {}
-    rows: dict[str, CohortRow] = {}
-    if resume:
-        rows = {
-            r.slide: r
-            for r in read_cohort_csv(out / COHORT_CSV)
-            if r.status == DONE and Path(r.geojson).is_file() and Path(r.table).is_file()
-        }
-    rows = {s.name: rows[s.name] for s in slides if s.name in rows}
-    run = CohortRun(rows=[], skipped=len(rows))
-    todo = [s for s in slides if s.name not in rows]
-    by_name = {s.name: s for s in todo}
-    begun = {s.name: time.perf_counter() for s in todo}
-    jobs: dict[str, Any] = {}  # slide -> future of its SlideJob
-    waiting: dict[str, set[Any]] = {}  # slide -> its unfinished batch futures
-    tile_seconds = {s.name: 0.0 for s in todo}
-    kind: dict[Any, tuple[str, str]] = {}  # future -> (step, slide)
-
-    def submit(step: str, name: str, fn: Callable[..., Any], *args: Any) -> Any:
-        future = client.submit(
-            fn, *args, pure=False, priority={"plan": 2, "finish": 1}.get(step, 0)
-        )
-        kind[future] = (step, name)
-        pool.add(future)
-        return future
-
-    def fail(name: str, exc: BaseException) -> None:
-        for future in waiting.pop(name, set()):
-            future.cancel()
-        item = by_name[name]
-        reason = exc.reason if isinstance(exc, InputError) else f"{type(exc).__name__}: {exc}"
-        # A cohort has no --mpp option: the pixel size of such a slide goes in a manifest.
-        reason = reason.replace("pass --mpp", "give its mpp in a manifest's mpp column")
-        rows[name] = CohortRow(name, str(item.path), FAILED, reason=" ".join(reason.split()))
-        write_cohort_csv(out / COHORT_CSV, [rows[s.name] for s in slides if s.name in rows])
-
+    done = finished_rows(slides, out) if resume else {}
+    todo = [s for s in slides if s.name not in done]
     if not resume:
         # Here, not in the plan task: Dask may rerun a plan (its worker died) while the
         # slide's tiles are being written, and that rerun must not delete them.
         for item in todo:
             shutil.rmtree(partial_dir(item.geojson(out)), ignore_errors=True)
-    bar = tqdm(total=0, unit="tile", disable=not progress, dynamic_ncols=True)
-    pool = as_completed([])
-    for item in todo:
-        jobs[item.name] = submit(
-            "plan", item.name, plan_task, item, out, config, factory, fingerprint
-        )
-    try:
-        for future in pool:
-            step, name = kind.pop(future)
-            if name in rows:  # the slide already failed; a late batch is ignored
-                continue
-            item = by_name[name]
-            if future.status != "finished":
-                fail(name, future.exception())
-                continue
-            if step == "plan":
-                job: SlideJob = future.result()
-                unfinished = {t.name for t in pending_tiles(job)}
-                pending = [i for i, t in enumerate(job.plan.todo) if t.name in unfinished]
-                bar.total += len(job.plan.todo)
-                bar.update(len(job.plan.todo) - len(pending))
-                batches = [
-                    pending[i : i + tiles_per_task] for i in range(0, len(pending), tiles_per_task)
-                ]
-                waiting[name] = {
-                    submit("tiles", name, tiles_task, item, jobs[name], b, factory) for b in batches
-                }
-                if not batches:
-                    submit("finish", name, finish_task, item, jobs[name], out)
-            elif step == "tiles":
-                done, seconds = future.result()
-                run.tiles_predicted += done
-                tile_seconds[name] += seconds
-                waiting[name].discard(future)
-                bar.update(done)
-                if not waiting[name]:
-                    submit("finish", name, finish_task, item, jobs[name], out)
-            else:
-                rows[name] = _done_row(item, out, future.result(), tile_seconds[name], begun[name])
-                waiting.pop(name, None)
-                jobs.pop(name, None)
-                write_cohort_csv(out / COHORT_CSV, [rows[s.name] for s in slides if s.name in rows])
-            finished = sum(1 for s in slides if s.name in rows)
-            bar.set_postfix(slides=f"{finished}/{len(slides)}", refresh=False)
-    finally:
-        bar.close()
-    run.rows = [rows[s.name] for s in slides]
+    driver = _Driver(
+        slides,
+        out,
+        factory,
+        client,
+        config or SlidePredictConfig(),
+        tiles_per_task,
+        fingerprint or {},
+        done,
+    )
+    with tqdm(total=0, unit="tile", disable=not progress, dynamic_ncols=True) as bar:
+        driver.run(todo, bar)
+    run = CohortRun(rows=[driver.rows[s.name] for s in slides], skipped=len(done))
+    run.tiles_predicted = driver.tiles_predicted
     write_cohort_csv(out / COHORT_CSV, run.rows)
     run.seconds = time.perf_counter() - started
     return run
 
 
+def finished_rows(slides: Sequence[CohortSlide], out: Path) -> dict[str, CohortRow]:
+    """The slides an earlier run recorded as done in ``cohort.csv`` whose files remain."""
+    wanted = {s.name for s in slides}
+    return {
+        r.slide: r
+        for r in read_cohort_csv(out / COHORT_CSV)
+        if r.slide in wanted
+        and r.status == DONE
+        and Path(r.geojson).is_file()
+        and Path(r.table).is_file()
+    }
+
+
+class _Driver:
+    """Submits each slide's tasks as the previous step ends, and records how it ended."""
+
+    def __init__(
+        self,
+        slides: Sequence[CohortSlide],
+        out: Path,
+        factory: Callable[[], InstancePredictor],
+        client: Any,
+        config: SlidePredictConfig,
+        tiles_per_task: int,
+        fingerprint: dict[str, Any],
+        rows: dict[str, CohortRow],
+    ) -> None:
+        from distributed import as_completed
+
+        self.slides, self.out, self.factory, self.client = slides, out, factory, client
+        self.config, self.tiles_per_task, self.fingerprint = config, tiles_per_task, fingerprint
+        self.rows = dict(rows)
+        self.items = {s.name: s for s in slides}
+        self.pool = as_completed([])
+        self.what: dict[Any, tuple[str, str, int]] = {}  # future -> (step, slide, tiles)
+        self.jobs: dict[str, Any] = {}  # slide -> future of its SlideJob
+        self.waiting: dict[str, set[Any]] = {}  # slide -> its unfinished batches
+        self.planned: dict[str, float] = {}  # slide -> when its plan came back
+        self.tile_seconds: dict[str, float] = {}
+        self.tiles_predicted = 0
+
+    def run(self, todo: Sequence[CohortSlide], bar: Any) -> None:
+        for item in todo:
+            args = (item, self.out, self.config, self.factory, self.fingerprint)
+            self.jobs[item.name] = self._submit("plan", item.name, 0, plan_task, *args)
+        for future in self.pool:
+            step, name, tiles = self.what.pop(future)
+            if name in self.rows:  # the slide already failed; its late batches are ignored
+                continue
+            if future.status != "finished":
+                self._fail(name, future.exception())
+            elif step == "plan":
+                total, resumed = self._on_plan(name, future.result())
+                bar.total += total
+                bar.update(resumed)
+            elif step == "tiles":
+                self._on_tiles(name, future)
+                bar.update(tiles)
+            else:
+                self._on_finish(name, future.result())
+            finished = sum(1 for s in self.slides if s.name in self.rows)
+            bar.set_postfix(slides=f"{finished}/{len(self.slides)}", refresh=False)
+
+    def _submit(self, step: str, name: str, tiles: int, fn: Callable[..., Any], *args: Any) -> Any:
+        future = self.client.submit(fn, *args, pure=False, priority=_PRIORITY[step])
+        self.what[future] = (step, name, tiles)
+        self.pool.add(future)
+        return future
+
+    def _on_plan(self, name: str, job: SlideJob) -> tuple[int, int]:
+        """Submit the slide's batches of unfinished tiles; (tiles on tissue, finished)."""
+        self.planned[name] = time.perf_counter()
+        self.tile_seconds[name] = 0.0
+        unfinished = {t.name for t in pending_tiles(job)}
+        pending = [i for i, t in enumerate(job.plan.todo) if t.name in unfinished]
+        step = self.tiles_per_task
+        item, job_future = self.items[name], self.jobs[name]
+        self.waiting[name] = {
+            self._submit(
+                "tiles",
+                name,
+                len(pending[i : i + step]),
+                tiles_task,
+                item,
+                job_future,
+                pending[i : i + step],
+                self.factory,
+            )
+            for i in range(0, len(pending), step)
+        }
+        if not pending:
+            self._submit("finish", name, 0, finish_task, item, job_future, self.out)
+        return len(job.plan.todo), len(job.plan.todo) - len(pending)
+
+    def _on_tiles(self, name: str, future: Any) -> None:
+        done, seconds = future.result()
+        self.tiles_predicted += done
+        self.tile_seconds[name] += seconds
+        self.waiting[name].discard(future)
+        if not self.waiting[name]:
+            item = self.items[name]
+            self._submit("finish", name, 0, finish_task, item, self.jobs[name], self.out)
+
+    def _on_finish(self, name: str, result: SlideRun) -> None:
+        seconds = time.perf_counter() - self.planned[name]
+        self.rows[name] = _done_row(
+            self.items[name], self.out, result, self.tile_seconds[name], seconds
+        )
+        self.waiting.pop(name, None)
+        self.jobs.pop(name, None)
+        self._record()
+
+    def _fail(self, name: str, exc: BaseException) -> None:
+        for future in self.waiting.pop(name, set()):
+            future.cancel()
+        self.jobs.pop(name, None)
+        reason = exc.reason if isinstance(exc, InputError) else f"{type(exc).__name__}: {exc}"
+        # A cohort has no --mpp option: the pixel size of such a slide goes in a manifest.
+        reason = reason.replace("pass --mpp", "give its mpp in a manifest's mpp column")
+        path = str(self.items[name].path)
+        self.rows[name] = CohortRow(name, path, FAILED, reason=" ".join(reason.split()))
+        self._record()
+
+    def _record(self) -> None:
+        rows = [self.rows[s.name] for s in self.slides if s.name in self.rows]
+        write_cohort_csv(self.out / COHORT_CSV, rows)
+
+
 def _done_row(
-    item: CohortSlide, out: Path, result: SlideRun, tile_seconds: float, begun: float
+    item: CohortSlide, out: Path, result: SlideRun, tile_seconds: float, seconds: float
 ) -> CohortRow:
     mm2 = result.tissue_megapixels * result.working.target_mpp**2
     area, od = result.area_um2, result.haematoxylin_od
@@ -441,7 +500,7 @@ def _done_row(
         tiles=result.tiles_on_tissue,
         tiles_resumed=result.tiles_resumed,
         tile_seconds=round(tile_seconds, 2),
-        seconds=round(time.perf_counter() - begun, 2),
+        seconds=round(seconds, 2),
         geojson=str(item.geojson(out)),
         table=str(item.table(out)),
     )
