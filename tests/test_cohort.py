@@ -245,3 +245,12 @@ def test_cli_bad_input_fails_before_any_cluster_starts(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(err) == 1 and "nowhere.csv" in err[0]
     assert time.perf_counter() - started < 5
+
+
+@pytest.mark.parametrize(
+    "cores, gib, workers", [(2, 24, 2), (16, 8, 4), (1, 64, 1), (8, 1, 1), (64, 512, 64)]
+)
+def test_default_workers_one_per_core_within_memory(cores, gib, workers):
+    from instasam.cli.predict_cohort import default_workers
+
+    assert default_workers(cores, gib * 1024**3) == workers
