@@ -66,3 +66,38 @@ def test_previous_labels_never_overwrite_a_predicted_nucleus():
     out = refined_labels(pred, points, previous)
     assert (out[5:15, 5:15] == 1).all()
     assert (out[15:20, 15:20] == 2).all()
+
+
+def test_boxes_of_nuclei_are_pixel_index_extents_grown_by_the_margin():
+    from instasam.pseudo_labels.sam import boxes_of_nuclei
+
+    labels = np.zeros((12, 12), dtype=np.int32)
+    labels[2:5, 3:8] = 1  # rows 2-4, columns 3-7
+    labels[9, 9] = 3
+    boxes = boxes_of_nuclei(labels, n_points=3, margin=2.0)
+    assert boxes[0].tolist() == [1.0, 0.0, 9.0, 6.0]
+    assert np.isnan(boxes[1]).all()  # point 2's nucleus has no pixel
+    assert boxes[2].tolist() == [7.0, 7.0, 11.0, 11.0]
+
+
+def test_given_boxes_reach_the_decoder_and_the_other_points_are_prompted_as_for_s():
+    import torch
+
+    from instasam.config import InstaSAMConfig, PseudoLabelConfig, TrainConfig
+    from instasam.model.instasam import Prompts, build_model
+    from instasam.pseudo_labels.sam import prompt_logits
+
+    torch.manual_seed(0)
+    model = build_model(InstaSAMConfig(train=TrainConfig(backbone="litemedsam_tiny"))).eval()
+    embedding = model.encode(torch.rand(1, 3, model.crop_size, model.crop_size) * 255).embedding
+    config = PseudoLabelConfig(decoder_window=None)
+    points = torch.tensor([[40.0, 50.0], [120.0, 90.0], [200.0, 30.0]])
+    boxes = torch.tensor([[30.0, 41.0, 52.0, 60.0], [float("nan")] * 4, [190.0, 20.0, 214.0, 39.0]])
+    with torch.no_grad():
+        logits, sides = prompt_logits(model, embedding, points, config, True, boxes=boxes)
+        scale = model.input_size / model.crop_size
+        direct, _ = model.prompted_masks(embedding, Prompts(boxes=boxes[[0, 2]] * scale), True)
+        as_s, side_s = prompt_logits(model, embedding, points[1:2], config, True)
+    assert torch.allclose(logits[[0, 2]], direct, atol=1e-5)
+    assert torch.allclose(logits[1:2], as_s, atol=1e-5)
+    assert sides.tolist()[0] == 22.0 and sides[1] == side_s[0] and sides.tolist()[2] == 24.0

@@ -44,6 +44,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "nucleus the prediction misses keeps its label from there",
     )
     own.add_argument("--flips", action="store_true", help="average the four flips (4x time)")
+    own.add_argument(
+        "--sam-boxes",
+        action="store_true",
+        help="prompt the backbone with a box around each point's predicted nucleus and apply "
+        "the entropy/overlap rules (SAM outlines what the network found), instead of taking "
+        "the network's outlines",
+    )
+    own.add_argument(
+        "--box-margin",
+        type=float,
+        default=2.0,
+        help="pixels added on each side of a --sam-boxes box (default: %(default)s)",
+    )
     own.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     p.add_argument("--backbone", default="litemedsam", help="backbone name (default: litemedsam)")
     p.add_argument("--sam-checkpoint", help="weights file for the backbone")
@@ -77,6 +90,7 @@ def check_source_options(args: argparse.Namespace) -> None:
     given = []
     if args.source != "model":
         given += [f"--{n}" for n in ("model", "previous", "flips") if getattr(args, n)]
+        given += ["--sam-boxes"] if args.sam_boxes else []
     if args.source != "sam":
         given += [f"--no-{n}-rule" for n in ("entropy", "overlap") if getattr(args, f"no_{n}_rule")]
     if given:
@@ -148,6 +162,8 @@ def source_record(args: argparse.Namespace) -> dict:
     if args.source == "model":
         record.update(model=str(args.model), previous=args.previous and str(args.previous))
         record["flips"] = args.flips
+        if args.sam_boxes:
+            record["sam_boxes"] = {"backbone": args.backbone, "margin": args.box_margin}
     return record
 
 
@@ -204,7 +220,35 @@ def model_labeller(args: argparse.Namespace, loaded: list):
 
         raise InputError(args.model, "not a nuclei-network model (--source model needs one)")
 
+    if args.sam_boxes:
+        return boxed_labeller(args, predictor)
+
     def label(s):
         return refined_labels(predictor.predict_instances(s.image), s.points, previous[s.stem])
+
+    return label
+
+
+def boxed_labeller(args: argparse.Namespace, predictor):
+    """The backbone prompted with a box around each point's predicted nucleus."""
+    from dataclasses import replace
+
+    from instasam.config import InstaSAMConfig
+    from instasam.model.instasam import build_model
+    from instasam.pseudo_labels.refine import labels_from_boxed_prompts
+
+    config = InstaSAMConfig()
+    config = replace(config, train=replace(config.train, backbone=args.backbone))
+    model = build_model(config, checkpoint=args.sam_checkpoint).eval()
+    if "box" not in model.backbone.prompt_style:
+        from instasam.errors import InputError
+
+        raise InputError(None, f"--sam-boxes needs a box-prompted backbone, not {args.backbone}")
+
+    def label(s):
+        prediction = predictor.predict_instances(s.image)
+        return labels_from_boxed_prompts(
+            model, s.image, s.points, prediction, config.pseudo_labels, margin=args.box_margin
+        )
 
     return label

@@ -9,11 +9,14 @@ covers keeps the label it had before, or is ignored around.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
 from instasam import IGNORE
+from instasam.config import PseudoLabelConfig
 from instasam.pseudo_labels.voronoi import point_pixels
 
 
@@ -104,3 +107,28 @@ def refined_labels(
     fallback = (previous > 0) & ~present[np.clip(previous, 0, len(points))] & (out == 0)
     out[fallback] = previous[fallback]
     return ignore_around_unlabelled_points(out, points, ignore_radius)
+
+
+def labels_from_boxed_prompts(
+    model: Any,
+    image: np.ndarray,
+    points: np.ndarray,
+    prediction: np.ndarray,
+    config: PseudoLabelConfig,
+    margin: float = 2.0,
+    ignore_radius: float = 8.0,
+) -> np.ndarray:
+    """S made again with each point's predicted nucleus as its box prompt.
+
+    The box-trained backbone (LiteMedSAM) outlines a nucleus best from a box that fits it;
+    S had only boxes of a few fixed sizes centred on the points. Here a trained network's
+    nucleus for each point (:func:`instances_vouched_by_points`) gives a box ``margin``
+    pixels wider on each side; points it missed are prompted as for S. The entropy and
+    overlap rules then apply as for S, and points left unlabelled get an ignored disk.
+    """
+    from instasam.pseudo_labels.sam import boxes_of_nuclei, tile_pseudo_labels
+
+    vouched = instances_vouched_by_points(prediction, points)
+    boxes = boxes_of_nuclei(vouched, len(points), margin)
+    labels, _ = tile_pseudo_labels(model, image, points, config, boxes=boxes)
+    return ignore_around_unlabelled_points(labels, points, ignore_radius)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy import ndimage
 from tqdm.auto import tqdm
 
 from instasam import IGNORE
@@ -119,14 +120,19 @@ def prompt_logits(
     frozen: bool,
     generator: torch.Generator | None = None,
     box_sides: torch.Tensor | None = None,
+    boxes: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mask logits ``(K, M, M)`` for the nuclei at ``points`` (window pixels), and the box
     side used for each (window pixels; NaN for point-only prompts).
 
     Box styles decode every candidate side in ``config.box_sizes`` (tile pixels) and keep,
     per nucleus, the candidate chosen by ``config.box_selection``, unless ``box_sides``
-    gives each nucleus its side already (training reuses the sides chosen for S).
+    gives each nucleus its side already (training reuses the sides chosen for S), or
+    ``boxes`` (``(K, 4)`` ``x0, y0, x1, y1``, window pixels, NaN rows for none) gives a
+    nucleus its box outright (a trained network's outline of it).
     """
+    if boxes is not None and not torch.isnan(boxes).all():
+        return _logits_with_given_boxes(model, embedding, points, config, frozen, generator, boxes)
     scale = model.input_size / model.crop_size
     pts = points * scale
     k = len(pts)
@@ -160,6 +166,33 @@ def prompt_logits(
     return logits[choice, torch.arange(k)], chosen
 
 
+def _logits_with_given_boxes(
+    model: InstaSAM,
+    embedding: torch.Tensor,
+    points: torch.Tensor,
+    config: PseudoLabelConfig,
+    frozen: bool,
+    generator: torch.Generator | None,
+    boxes: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`prompt_logits` where some nuclei come with their own box."""
+    scale = model.input_size / model.crop_size
+    given = ~torch.isnan(boxes).any(dim=1)
+    window = decoder_window_tokens(model, config.decoder_window)
+    prompts = Prompts(boxes=boxes[given] * scale)
+    boxed, _ = model.prompted_masks(embedding, prompts, frozen=frozen, window=window)
+    logits = boxed.new_empty((len(points), *boxed.shape[1:]))
+    sides = torch.full((len(points),), float("nan"))
+    logits[given] = boxed
+    sides[given] = (boxes[given, 2:] - boxes[given, :2]).amax(dim=1)
+    if not given.all():
+        rest, rest_sides = prompt_logits(
+            model, embedding, points[~given], config, frozen, generator
+        )
+        logits[~given], sides[~given] = rest, rest_sides
+    return logits, sides
+
+
 def window_probabilities(
     model: InstaSAM,
     embedding: torch.Tensor,
@@ -167,9 +200,10 @@ def window_probabilities(
     config: PseudoLabelConfig,
     frozen: bool,
     generator: torch.Generator | None = None,
+    boxes: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(K, c, c)`` mask probabilities at window (crop) resolution, and the box sides."""
-    logits, sides = prompt_logits(model, embedding, points, config, frozen, generator)
+    logits, sides = prompt_logits(model, embedding, points, config, frozen, generator, boxes=boxes)
     if logits.shape[0]:
         logits = model.to_crop(logits[:, None])[:, 0]
     else:
@@ -224,6 +258,7 @@ def tile_pseudo_labels(
     config: PseudoLabelConfig | None = None,
     adapt: bool = False,
     progress: bool = False,
+    boxes: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pseudo instance labels for a whole tile, and the box side chosen per point.
 
@@ -242,6 +277,9 @@ def tile_pseudo_labels(
         trained decoder (S').
     progress : bool
         Show a progress bar over windows.
+    boxes : ndarray, optional
+        ``(N, 4)`` box prompt ``x0, y0, x1, y1`` (tile pixels) of each point's nucleus, NaN
+        rows for points prompted as usual (box styles only; see :func:`boxes_of_nuclei`).
 
     Returns
     -------
@@ -266,11 +304,41 @@ def tile_pseudo_labels(
             labels[win.core_slices] = 0
             continue
         encoded = model.encode(image_to_tensor(crop), adapt=adapt)
+        local_boxes = None
+        if boxes is not None:
+            offset = np.array([win.x, win.y, win.x, win.y], dtype=np.float64)
+            window_boxes = np.clip(boxes[prompts.ids.numpy() - 1] - offset, 0, size)
+            local_boxes = torch.from_numpy(window_boxes).float()
         probs, sides = window_probabilities(
-            model, encoded.embedding, prompts.points, config, frozen=not adapt, generator=generator
+            model,
+            encoded.embedding,
+            prompts.points,
+            config,
+            frozen=not adapt,
+            generator=generator,
+            boxes=local_boxes,
         )
         local = window_labels(probs, prompts.ids, config).numpy()
         labels[win.core_slices] = local[win.core_local]
         in_core = points_in_core(points, win)
         box_sides[in_core] = sides.numpy()[np.isin(prompts.ids.numpy() - 1, in_core)]
     return labels, box_sides
+
+
+def boxes_of_nuclei(labels: np.ndarray, n_points: int, margin: float) -> np.ndarray:
+    """``(N, 4)`` box ``x0, y0, x1, y1`` around nucleus k = point k-1 of ``labels``, grown
+    by ``margin`` pixels on each side; NaN rows for points whose nucleus has no pixel.
+
+    Coordinates are pixel indices, as SAM's boxes are (the box of a nucleus covering
+    columns 3-7 and rows 2-4 is ``3, 2, 7, 4``; the prompt encoder adds the half pixel).
+    """
+    out = np.full((n_points, 4), np.nan)
+    labels = np.asarray(labels)
+    found = ndimage.find_objects(np.where(labels > 0, labels, 0).astype(np.int32))
+    for k, box in enumerate(found[:n_points]):
+        if box is None:
+            continue
+        ys, xs = box
+        x0, y0, x1, y1 = xs.start, ys.start, xs.stop - 1, ys.stop - 1
+        out[k] = (x0 - margin, y0 - margin, x1 + margin, y1 + margin)
+    return out
