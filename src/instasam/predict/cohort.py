@@ -30,6 +30,7 @@ import csv
 import math
 import os
 import shutil
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Sequence
@@ -218,23 +219,34 @@ _PREDICTORS: dict[Hashable, InstancePredictor] = {}
 _SLIDES: OrderedDict[tuple[str, float | None], Slide] = OrderedDict()
 
 
+# A worker of an existing cluster may run several tasks at once, in threads.
+_CACHE_LOCK = threading.Lock()
+
+
 def worker_predictor(factory: Callable[[], InstancePredictor]) -> InstancePredictor:
     """This process's predictor for ``factory`` (hashable), loaded on first use only."""
-    if factory not in _PREDICTORS:
-        _PREDICTORS[factory] = factory()
-    return _PREDICTORS[factory]
+    with _CACHE_LOCK:
+        if factory not in _PREDICTORS:
+            _PREDICTORS[factory] = factory()
+        return _PREDICTORS[factory]
 
 
 def _worker_slide(item: CohortSlide) -> Slide:
+    """The slide, opened once per process; the least recently used ones are let go.
+
+    An evicted slide is not closed here: a task in another thread may still be reading
+    it, and it closes when the last reference goes.
+    """
     key = (str(item.path), item.mpp)
-    if key in _SLIDES:
-        _SLIDES.move_to_end(key)
-        return _SLIDES[key]
-    slide = open_slide(item.path, mpp=item.mpp)
-    _SLIDES[key] = slide
-    while len(_SLIDES) > OPEN_SLIDES_PER_WORKER:
-        _SLIDES.popitem(last=False)[1].close()
-    return slide
+    with _CACHE_LOCK:
+        if key in _SLIDES:
+            _SLIDES.move_to_end(key)
+            return _SLIDES[key]
+        slide = open_slide(item.path, mpp=item.mpp)
+        _SLIDES[key] = slide
+        while len(_SLIDES) > OPEN_SLIDES_PER_WORKER:
+            _SLIDES.popitem(last=False)
+        return slide
 
 
 def plan_task(
