@@ -50,9 +50,9 @@ from instasam.predict.slides import (
     SlideRun,
     finish_slide_job,
     partial_dir,
-    pending_tiles,
     predict_tile_file,
     start_slide_job,
+    tile_finished,
 )
 
 COHORT_CSV = "cohort.csv"
@@ -280,7 +280,7 @@ def tiles_task(
     done = 0
     for i in indices:
         tile = job.plan.todo[i]
-        if (job.sidecar / f"{tile.name}.jsonl").is_file():  # a rerun of a task that finished
+        if tile_finished(job, tile):  # a rerun of a task that had finished it
             continue
         predict_tile_file(slide, predictor, job, tile)
         done += 1
@@ -425,8 +425,8 @@ class _Driver:
                 bar.update(tiles)
             else:
                 self._on_finish(name, future.result())
-            finished = sum(1 for s in self.slides if s.name in self.rows)
-            bar.set_postfix(slides=f"{finished}/{len(self.slides)}", refresh=False)
+            # rows holds only this cohort's slides: those ended, now or by an earlier run.
+            bar.set_postfix(slides=f"{len(self.rows)}/{len(self.slides)}", refresh=False)
 
     def _submit(self, step: str, name: str, tiles: int, fn: Callable[..., Any], *args: Any) -> Any:
         future = self.client.submit(fn, *args, pure=False, priority=_PRIORITY[step])
@@ -438,8 +438,7 @@ class _Driver:
         """Submit the slide's batches of unfinished tiles; (tiles on tissue, finished)."""
         self.planned[name] = time.perf_counter()
         self.tile_seconds[name] = 0.0
-        unfinished = {t.name for t in pending_tiles(job)}
-        pending = [i for i, t in enumerate(job.plan.todo) if t.name in unfinished]
+        pending = [i for i, t in enumerate(job.plan.todo) if t.name not in job.finished]
         step = self.tiles_per_task
         item, job_future = self.items[name], self.jobs[name]
         self.waiting[name] = {

@@ -275,6 +275,7 @@ class SlideJob:
     mpp: float | None
     run: SlideRun
     owners: dict[tuple[int, int], np.ndarray]
+    finished: frozenset[str] = frozenset()  # names of the tiles done when it was planned
     resumed_nuclei: int = 0
 
     @property
@@ -327,15 +328,21 @@ def start_slide_job(
         run=run,
         owners=_point_owners(points, plan, working),
     )
-    done = [t for t in plan.todo if _tile_file(sidecar, t).is_file()]
+    done = [t for t in plan.todo if tile_finished(job, t)]
+    job.finished = frozenset(t.name for t in done)
     run.tiles_resumed = len(done)
     job.resumed_nuclei = sum(_tile_header(_tile_file(sidecar, t))["nuclei"] for t in done)
     return job
 
 
+def tile_finished(job: SlideJob, tile: Tile) -> bool:
+    """Whether some run has written the tile's file (checked on disk, now)."""
+    return _tile_file(job.sidecar, tile).is_file()
+
+
 def pending_tiles(job: SlideJob) -> list[Tile]:
-    """The job's tiles on tissue that no run has finished yet."""
-    return [t for t in job.plan.todo if not _tile_file(job.sidecar, t).is_file()]
+    """The job's tiles on tissue that no run had finished when the job was planned."""
+    return [t for t in job.plan.todo if t.name not in job.finished]
 
 
 def predict_tile_file(slide: Slide, predictor: InstancePredictor, job: SlideJob, tile: Tile) -> int:
@@ -376,11 +383,10 @@ def finish_slide_job(job: SlideJob, table: str | os.PathLike | None = None) -> S
             run.area_um2 = rows.spread("Area µm^2")
             run.haematoxylin_od = rows.spread("Haematoxylin OD mean")
     shutil.rmtree(job.sidecar, ignore_errors=True)
-    overlap = job.run.overlap
-    if run.dropped_at_edge or run.largest_reach >= overlap / 2:
+    if run.dropped_at_edge or run.largest_reach >= run.overlap / 2:
         run.notes.append(
             f"some nuclei reach {run.largest_reach:.0f} px from their centre (overlap/2 = "
-            f"{overlap / 2:g}); {run.dropped_at_edge} cut piece(s) were dropped at tile "
+            f"{run.overlap / 2:g}); {run.dropped_at_edge} cut piece(s) were dropped at tile "
             "edges. Nuclei this large can be cut or lost at tile seams: raise --overlap above "
             "the largest nucleus diameter"
         )
