@@ -122,3 +122,5 @@ def test_sam_boxes_from_the_shipped_model_are_real_litemedsam_labels(prepared):
     record = json.loads((out / "source.json").read_text())
     assert record["sam_boxes"] == {"backbone": "litemedsam", "margin": 2.0}
     assert main([*argv[:-2], "--source", "cv", "--sam-boxes"]) == 2
+    with_previous = [*argv, "--model", "monuseg-points", "--sam-boxes", "--previous", str(out)]
+    assert main(with_previous) == 2  # refused: --sam-boxes uses no earlier labels

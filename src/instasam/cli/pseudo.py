@@ -95,6 +95,9 @@ def check_source_options(args: argparse.Namespace) -> None:
         given += [f"--no-{n}-rule" for n in ("entropy", "overlap") if getattr(args, f"no_{n}_rule")]
     if given:
         raise InputError(None, f"{', '.join(given)}: not for --source {args.source}")
+    if args.sam_boxes and args.previous is not None:
+        # Points the network missed are prompted as for S, so no earlier labels are used.
+        raise InputError(None, "--previous: not used with --sam-boxes")
     if args.previous is not None and not args.previous.is_dir():
         raise InputError(args.previous, "not a folder written by `instasam pseudo`")
 
@@ -207,19 +210,19 @@ def model_labeller(args: argparse.Namespace, loaded: list):
     from instasam.pseudo_labels.refine import refined_labels
     from instasam.training.labels import labels_from_pseudo_folder
 
-    # Every tile's previous labels are read (and so checked) before any output.
+    # Every tile's previous labels are read (and so checked) before any output; --sam-boxes
+    # uses none (check_source_options refuses --previous with it).
     previous = {
         s.stem: labels_from_pseudo_folder(args.previous, s.stem, s.image.shape[:2])
         if args.previous
         else np.zeros(s.image.shape[:2], dtype=np.int32)
-        for s in loaded
+        for s in ([] if args.sam_boxes else loaded)
     }
     predictor = load_predictor(args.model, precision=args.precision, flips=args.flips)
     if not isinstance(predictor, NetPredictor):
         from instasam.errors import InputError
 
         raise InputError(args.model, "not a nuclei-network model (--source model needs one)")
-
     if args.sam_boxes:
         return boxed_labeller(args, predictor)
 
