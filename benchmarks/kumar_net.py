@@ -8,9 +8,11 @@ checked against the points, falling back on S), trains the full-resolution nucle
 (``instasam train --arch net``), predicts the 14 test tiles and evaluates them. Every stage
 is a plain ``instasam`` command, printed before it runs and skipped when its output exists
 (training resumes), so an interrupted row continues where it stopped. Each finished row is
-written to ``benchmarks/results/net/<labels>_seed<seed>.json``.
+written to ``benchmarks/results/net/<labels>_seed<seed>.json`` (``fused_...`` with
+``--sam-fusion``, the network that also reads LiteMedSAM's whole-tile embedding).
 
     python benchmarks/kumar_net.py --labels sam --seed 0 --out bench_out/k
+    python benchmarks/kumar_net.py --labels sam --seed 0 --sam-fusion --out bench_out/k
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="optimiser steps (default: the recipe's)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--flips", action="store_true", help="test-time flips")
+    parser.add_argument(
+        "--sam-fusion", action="store_true", help="the fused design (train --sam-fusion)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     log: list[dict] = []
@@ -58,11 +63,15 @@ def main() -> None:
     name = f"{args.labels}_seed{args.seed}" + (f"_steps{args.steps}" if args.steps else "")
     if args.labels == "model":
         name = f"model_{args.teacher}_seed{args.seed}"
+    if args.sam_fusion:
+        name = f"fused_{name}"
     run_dir, pred = args.out / "runs" / name, args.out / "pred" / name
     train = ["train", "--data", str(data / "train"), "--val", str(data / "val")]
     train += ["--out", str(run_dir), "--seed", str(args.seed), "--resume", "--quiet"]
     if args.steps:
         train += ["--steps", str(args.steps)]
+    if args.sam_fusion:
+        train += ["--sam-fusion"]
     if args.labels == "gt":
         train += ["--pseudo", "gt"]
     elif args.labels == "model":
@@ -107,6 +116,7 @@ def main() -> None:
         "labels": args.labels,
         "teacher": args.teacher if args.labels == "model" else None,
         "seed": args.seed,
+        "sam_fusion": args.sam_fusion,
         "machine": f"{platform.processor() or platform.machine()}, {args.threads} threads, "
         f"native bf16: {cpu_has_native_bf16()}",
         "test_mean": json.loads(result.read_text())["mean"],

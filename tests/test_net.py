@@ -160,14 +160,14 @@ def test_colour_jitter_is_off_at_zero_and_varies_otherwise():
 def test_a_batch_has_the_configured_crops():
     image, labels, _ = disks()
     config = tiny_net_config()
-    images, targets = training_batch(
+    images, targets, embeddings = training_batch(
         [LabelledTile("a", image, labels)],
         config.train,
         config.augment,
         "hovernet",
         np.random.default_rng(0),
     )
-    assert images.shape == (2, 64, 64, 3) and len(targets) == 2
+    assert images.shape == (2, 64, 64, 3) and len(targets) == 2 and embeddings is None
 
 
 # -- the loop ------------------------------------------------------------------------------

@@ -209,6 +209,11 @@ class NucleiNetConfig:
     """The full-resolution nuclei network (:mod:`instasam.model.unet`); ours, not the paper's."""
 
     widths: tuple[int, ...] = (24, 48, 96, 192)  # channels per U-Net level
+    # The fused design: a SAM backbone's frozen whole-image embedding (one cell per 4x4
+    # px) projected and added to the U-Net's features at level ``fusion_level`` (1/4
+    # resolution at level 2). None: the image-only network, which ships.
+    sam_backbone: str | None = None
+    fusion_level: int = 2
 
 
 @dataclass(frozen=True)

@@ -84,9 +84,20 @@ def windows(shape: tuple[int, int], size: int, overlap: int) -> list[Window]:
 
 def pad_to(image: np.ndarray, size: int) -> np.ndarray:
     """Pad ``(H, W, ...)`` at the bottom/right to at least ``size`` by reflection."""
+    return pad_bottom_right(image, size, size)
+
+
+def pad_bottom_right(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Pad ``(H, W, ...)`` at the bottom/right to at least ``height`` x ``width``, reflected."""
     h, w = image.shape[:2]
-    ph, pw = max(0, size - h), max(0, size - w)
+    ph, pw = max(0, height - h), max(0, width - w)
     if not ph and not pw:
         return image
     pad = [(0, ph), (0, pw)] + [(0, 0)] * (image.ndim - 2)
     return np.pad(image, pad, mode="reflect" if min(h, w) > 1 else "edge")
+
+
+def pad_to_multiple(image: np.ndarray, multiple: int) -> np.ndarray:
+    """Pad ``(H, W, ...)`` at the bottom/right to multiples of ``multiple``, reflected."""
+    h, w = image.shape[:2]
+    return pad_bottom_right(image, h + -h % multiple, w + -w % multiple)

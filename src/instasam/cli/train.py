@@ -77,6 +77,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "instead of computing them",
     )
     net.add_argument(
+        "--sam-fusion",
+        action="store_const",
+        const=True,
+        help="the fused design: add the frozen --backbone's whole-tile embedding to the "
+        "network's features at 1/4 resolution (slower to predict; not what ships)",
+    )
+    net.add_argument(
         "--precision",
         choices=("auto", "fp32", "bf16"),
         default="auto",
@@ -117,7 +124,7 @@ def config_from_args(args: argparse.Namespace) -> InstaSAMConfig:
 # Options that mean something for one architecture only; given to the other, they would be
 # silently ignored (a user asking for 2 epochs would train 1,500 steps).
 ONLY_FOR = {
-    "net": ("steps", "init", "labels_from"),
+    "net": ("steps", "init", "labels_from", "sam_fusion"),
     "instasam": ("epochs", "steps_per_epoch", "val_from_epoch", "patience"),
 }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
@@ -31,6 +32,8 @@ def net_config_from_args(args: argparse.Namespace) -> NetConfig:
     config = replace(config, train=replace(config.train, **overrides))
     if args.dist_loss:
         config = replace(config, loss=replace(config.loss, dist_loss=args.dist_loss))
+    if getattr(args, "sam_fusion", None):
+        config = replace(config, net=replace(config.net, sam_backbone=args.backbone))
     return config
 
 
@@ -92,6 +95,17 @@ def fixed_labels(args: argparse.Namespace, loaded: list, source: str) -> list[np
     return out
 
 
+def tile_embedder(config: NetConfig, precision: str, run: Path):
+    """The fused network's SAM embeddings, cached in ``RUN/cache/embeddings``."""
+    from instasam.model.sam_embedding import CachedEmbedder, SamEmbedder
+
+    try:
+        embedder = SamEmbedder(config.net.sam_backbone, precision)
+    except ValueError as exc:
+        raise InputError("--backbone", str(exc)) from None
+    return CachedEmbedder(embedder, run / "cache" / "embeddings")
+
+
 def run_net(args: argparse.Namespace) -> int:
     from instasam.io.folder import list_samples, load_sample, training_samples
 
@@ -129,6 +143,13 @@ def run_net(args: argparse.Namespace) -> int:
         LabelledTile(s.stem, s.image, ignore_around_unlabelled_points(labels, s.points, radius))
         for s, labels in zip(loaded, fixed_labels(args, loaded, source), strict=True)
     ]
+    embed = None
+    if config.net.sam_backbone is not None:
+        from tqdm.auto import tqdm
+
+        embed = tile_embedder(config, precision, args.out)
+        for tile in tqdm(tiles, desc="SAM embeddings", disable=args.quiet):
+            tile.embedding = embed(tile.image)[0].numpy()
     val_tiles = [ValTile(s.stem, s.image, s.labels) for s in val_loaded]
     state = train_net(
         tiles,
@@ -138,6 +159,7 @@ def run_net(args: argparse.Namespace) -> int:
         resume=args.resume,
         progress=not args.quiet,
         init_state=start,
+        embed=embed,
     )
     best = (
         f"best val AJI {state.best_aji:.4f} at step {state.best_step}"

@@ -24,6 +24,7 @@ from torch.nn import functional as F
 from instasam.config import NetConfig, NucleiNetConfig
 from instasam.errors import InputError
 from instasam.io.atomic import atomic_path
+from instasam.model.sam_embedding import EMBEDDING_CHANNELS, MULTIPLE, embedding_for
 
 # Per-channel mean and std of 0..255 RGB (SAM's), so inputs are centred like the encoder's.
 PIXEL_MEAN = (123.675, 116.28, 103.53)
@@ -58,6 +59,13 @@ class NucleiUNet(nn.Module):
         for width in widths:
             self.down.append(_double_conv(c_in, width))
             c_in = width
+        self.fusion = None
+        if self.config.sam_backbone is not None:
+            self.fusion = nn.Sequential(
+                nn.Conv2d(EMBEDDING_CHANNELS, widths[self.config.fusion_level], 1, bias=False),
+                nn.BatchNorm2d(widths[self.config.fusion_level]),
+                nn.ReLU(inplace=True),
+            )
         self.up = nn.ModuleList(
             _double_conv(widths[i + 1] + widths[i], widths[i]) for i in range(len(widths) - 1)
         )
@@ -70,31 +78,51 @@ class NucleiUNet(nn.Module):
         )
 
     @property
-    def multiple(self) -> int:
-        return 2 ** (len(self.config.widths) - 1)
+    def fused(self) -> bool:
+        """Whether the network also reads a SAM embedding (:mod:`~instasam.model.sam_embedding`)."""
+        return self.fusion is not None
 
-    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
+    @property
+    def multiple(self) -> int:
+        pooling = 2 ** (len(self.config.widths) - 1)
+        return max(pooling, MULTIPLE) if self.fused else pooling
+
+    def forward(self, rgb: torch.Tensor, embedding: torch.Tensor | None = None) -> torch.Tensor:
+        """Maps of ``rgb``; a fused network also needs its ``(B, 256, H/4, W/4)`` embedding."""
+        if self.fused and embedding is None:
+            raise ValueError("this nuclei network is fused with SAM: pass the image's embedding")
         x = (rgb - self.pixel_mean) / self.pixel_std
         skips = []
         for i, block in enumerate(self.down):
             if i:
                 x = F.max_pool2d(x, 2)
             x = block(x)
+            if self.fusion is not None and i == self.config.fusion_level:
+                sam = embedding.to(x.dtype)
+                if sam.shape[-2:] != x.shape[-2:]:
+                    sam = F.interpolate(sam, x.shape[-2:], mode="bilinear", align_corners=False)
+                x = x + self.fusion(sam)
             skips.append(x)
         for i in reversed(range(len(self.up))):
             x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
             x = self.up[i](torch.cat([x, skips[i]], dim=1))
         return torch.cat([self.fg_head(x), torch.tanh(self.dist_head(x))], dim=1)
 
-    def forward_any(self, rgb: torch.Tensor) -> torch.Tensor:
-        """:meth:`forward` on any size: reflect-padded to :attr:`multiple`, cropped back."""
+    def forward_any(self, rgb: torch.Tensor, embedding: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`forward` on any size: reflect-padded to :attr:`multiple`, cropped back.
+
+        ``embedding`` is the padded image's, as :class:`~instasam.model.sam_embedding.SamEmbedder`
+        makes it (it may cover more than the image; the cells beyond are dropped).
+        """
         h, w = rgb.shape[-2:]
         m = self.multiple
         ph, pw = -h % m, -w % m
         if ph or pw:
             mode = "reflect" if ph < h and pw < w else "replicate"
             rgb = F.pad(rgb, (0, pw, 0, ph), mode=mode)
-        return self(rgb)[..., :h, :w]
+        if embedding is not None:
+            embedding = embedding_for(embedding, h + ph, w + pw)
+        return self(rgb, embedding)[..., :h, :w]
 
 
 def parameter_count(model: nn.Module) -> int:

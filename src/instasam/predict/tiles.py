@@ -9,6 +9,7 @@ foreground probability and distance maps are then post-processed into instances.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,10 +18,11 @@ from tqdm.auto import tqdm
 
 from instasam.config import PostprocessConfig, PredictConfig
 from instasam.model.instasam import InstaSAM, image_to_tensor, load_model, load_payload
+from instasam.model.sam_embedding import embedding_for
 from instasam.model.unet import NucleiUNet, is_net_checkpoint, net_from_payload
 from instasam.postprocess import instances_from_maps
 from instasam.pretrained import resolve_model
-from instasam.tiling import pad_to, windows
+from instasam.tiling import pad_to, pad_to_multiple, windows
 from instasam.training.precision import autocast, resolve_precision
 
 
@@ -94,12 +96,19 @@ def load_predictor(
     payload = load_payload(path)
     if is_net_checkpoint(payload):
         net, net_config = net_from_payload(payload, path)
+        chosen = resolve_precision(precision)
+        embed = None
+        if net_config.net.sam_backbone is not None:
+            from instasam.model.sam_embedding import SamEmbedder
+
+            embed = SamEmbedder(net_config.net.sam_backbone, chosen)
         return NetPredictor(
             net=net,
             postprocess=postprocess or net_config.postprocess,
             mpp=net_config.train.mpp,
-            precision=resolve_precision(precision),
+            precision=chosen,
             flips=flips,
+            embed=embed,
         )
     model = load_model(path, backbone_checkpoint=backbone_checkpoint, payload=payload)
     return ModelPredictor(
@@ -122,29 +131,43 @@ def predict_net_maps(
     precision: str = "fp32",
     flips: bool = False,
     window: int = NET_WINDOW,
+    embed: Callable[[np.ndarray], torch.Tensor] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Foreground probability ``(H, W)`` and distance maps ``(2, H, W)`` from the network.
 
     An image up to ``window`` px a side is one forward pass; a larger one is cut into
     overlapping windows whose cores are stitched. ``flips`` averages the maps of the image
-    and its three flips (the distance maps' signs turned back), at 4x the cost.
+    and its three flips (the distance maps' signs turned back), at 4x the cost. A fused
+    network needs ``embed``, which gives each window's SAM embedding (the flipped passes
+    flip it rather than encode again).
     """
+    if net.fused and embed is None:
+        raise ValueError("this nuclei network is fused with SAM: pass embed")
     h, w = image.shape[:2]
     if h <= window and w <= window:
-        return _net_maps_once(net, image, precision, flips)
+        return _net_maps_once(net, image, precision, flips, embed)
     fg = np.zeros((h, w), dtype=np.float32)
     hv = np.zeros((2, h, w), dtype=np.float32)
     padded = pad_to(image, window)
     for win in windows((h, w), window, NET_OVERLAP):
-        f, d = _net_maps_once(net, win.crop(padded), precision, flips)
+        f, d = _net_maps_once(net, win.crop(padded), precision, flips, embed)
         fg[win.core_slices] = f[win.core_local]
         hv[(slice(None), *win.core_slices)] = d[(slice(None), *win.core_local)]
     return fg, hv
 
 
 def _net_maps_once(
-    net: NucleiUNet, image: np.ndarray, precision: str, flips: bool
+    net: NucleiUNet,
+    image: np.ndarray,
+    precision: str,
+    flips: bool,
+    embed: Callable[[np.ndarray], torch.Tensor] | None,
 ) -> tuple[np.ndarray, np.ndarray]:
+    h, w = image.shape[:2]
+    sam = None
+    if net.fused:  # padded here so that the flipped passes flip image and embedding alike
+        image = pad_to_multiple(image, net.multiple)
+        sam = embedding_for(embed(image), *image.shape[:2])
     rgb = image_to_tensor(image)
     # (flip dims, sign of h, sign of v): a flip along x mirrors the horizontal map's sign.
     variants = [((), 1.0, 1.0)]
@@ -153,12 +176,13 @@ def _net_maps_once(
     total = None
     for dims, sh, sv in variants:
         x = rgb.flip(dims) if dims else rgb
+        e = sam.flip(dims) if dims and sam is not None else sam
         with autocast(precision):
-            out = net.forward_any(x).float()
+            out = net.forward_any(x, e).float()
         out = out.flip(dims) if dims else out
         out = torch.cat([torch.sigmoid(out[:, :1]), out[:, 1:2] * sh, out[:, 2:3] * sv], dim=1)
         total = out if total is None else total + out
-    maps = (total / len(variants))[0].numpy()
+    maps = (total / len(variants))[0, :, :h, :w].numpy()
     return np.ascontiguousarray(maps[0]), np.ascontiguousarray(maps[1:])
 
 
@@ -171,9 +195,10 @@ class NetPredictor:
     mpp: float | None
     precision: str = "fp32"
     flips: bool = False
+    embed: Callable[[np.ndarray], torch.Tensor] | None = None  # the fused network's SAM
 
     def predict_maps(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return predict_net_maps(self.net, image, self.precision, self.flips)
+        return predict_net_maps(self.net, image, self.precision, self.flips, embed=self.embed)
 
     def predict_instances(self, image: np.ndarray) -> np.ndarray:
         fg, hv = self.predict_maps(image)

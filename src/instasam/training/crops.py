@@ -5,6 +5,10 @@ colour is ours: the network reads raw RGB, and H&E varies from lab to lab far mo
 between the 12 Kumar training tiles, so each crop's stain is jittered in
 haematoxylin-eosin-DAB optical-density space (Ruifrok & Johnston's colour deconvolution)
 and its brightness and contrast perturbed.
+
+For the fused network each tile also carries SAM's whole-tile embedding (one cell per 4x4
+px), resampled into the crop with the crop's own transform, so the embedding moves with
+the image. Colour jitter does not reach it: it was computed once, from the tile as it is.
 """
 
 from __future__ import annotations
@@ -12,11 +16,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from skimage.color import hed2rgb, rgb2hed
+from torch.nn import functional as F
 
 from instasam import IGNORE
-from instasam.augment import apply_to_image, apply_to_labels, random_transform
+from instasam.augment import CropTransform, apply_to_image, apply_to_labels, random_transform
 from instasam.config import AugmentConfig, NetTrainConfig
+from instasam.model.sam_embedding import STRIDE
 from instasam.targets import hv_maps
 
 
@@ -27,6 +34,7 @@ class LabelledTile:
     stem: str
     image: np.ndarray
     labels: np.ndarray
+    embedding: np.ndarray | None = None  # (256, S/4, S/4) for the fused network
 
 
 @dataclass
@@ -46,11 +54,36 @@ def area_weights(tiles: list[LabelledTile]) -> np.ndarray:
 
 def sample_crop(
     tile: LabelledTile, size: int, augment: AugmentConfig, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """An augmented ``size`` x ``size`` crop: RGB uint8 and its labels (IGNORE outside)."""
+) -> tuple[np.ndarray, np.ndarray, CropTransform]:
+    """An augmented ``size`` x ``size`` crop: RGB uint8, its labels (IGNORE outside) and
+    the transform that made it."""
     transform = random_transform(tile.labels.shape, size, augment, rng)
     image = apply_to_image(tile.image, transform)
-    return image, apply_to_labels(tile.labels, transform, fill=IGNORE)
+    return image, apply_to_labels(tile.labels, transform, fill=IGNORE), transform
+
+
+def crop_embedding(embedding: np.ndarray, transform: CropTransform) -> np.ndarray:
+    """``(C, size/4, size/4)``: a tile's embedding ``(C, h, w)`` resampled into the crop.
+
+    Each crop cell takes the bilinear value at the tile position of its centre, so a crop
+    at an offset that is a multiple of 4 px, without scaling, copies the tile's cells.
+    """
+    cells = transform.size // STRIDE
+    centre = STRIDE * np.arange(cells) + (STRIDE - 1) / 2
+    v, u = np.meshgrid(centre, centre, indexing="ij")
+    m = transform.matrix
+    x = (m[0, 0] * u + m[0, 1] * v + m[0, 2] - (STRIDE - 1) / 2) / STRIDE
+    y = (m[1, 0] * u + m[1, 1] * v + m[1, 2] - (STRIDE - 1) / 2) / STRIDE
+    h, w = embedding.shape[-2:]
+    grid = np.stack([2 * x / max(w - 1, 1) - 1, 2 * y / max(h - 1, 1) - 1], axis=-1)
+    sampled = F.grid_sample(
+        torch.from_numpy(np.asarray(embedding, dtype=np.float32))[None],
+        torch.from_numpy(grid.astype(np.float32))[None],
+        mode="bilinear",
+        padding_mode="border",
+        align_corners=True,
+    )
+    return sampled[0].numpy()
 
 
 def jitter_colour(
@@ -87,13 +120,17 @@ def training_batch(
     augment: AugmentConfig,
     hv_scaling: str,
     rng: np.random.Generator,
-) -> tuple[np.ndarray, list[CropTargets]]:
-    """``(B, H, W, 3)`` uint8 crops drawn over the tiles' area, and their targets."""
+) -> tuple[np.ndarray, list[CropTargets], np.ndarray | None]:
+    """``(B, H, W, 3)`` uint8 crops drawn over the tiles' area, their targets, and
+    ``(B, 256, H/4, W/4)`` embeddings where the tiles have them (else None)."""
     p = area_weights(tiles)
-    images, targets = [], []
+    images, targets, embeddings = [], [], []
     for _ in range(config.batch_size):
         tile = tiles[rng.choice(len(tiles), p=p)]
-        image, labels = sample_crop(tile, config.crop_size, augment, rng)
+        image, labels, transform = sample_crop(tile, config.crop_size, augment, rng)
         images.append(jitter_colour(image, config, rng))
         targets.append(crop_targets(labels, hv_scaling))
-    return np.stack(images), targets
+        if tile.embedding is not None:
+            embeddings.append(crop_embedding(tile.embedding, transform))
+    stacked = np.stack(embeddings) if embeddings else None
+    return np.stack(images), targets, stacked

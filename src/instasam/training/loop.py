@@ -30,7 +30,13 @@ from instasam.losses import mask_loss, masked_distance_loss, total_loss
 from instasam.model.unet import NucleiUNet, net_from_payload, save_net
 from instasam.training.crops import CropTargets, LabelledTile, training_batch
 from instasam.training.precision import autocast, resolve_precision
-from instasam.training.validation import ValTile, choose_thresholds, score_maps, validation_maps
+from instasam.training.validation import (
+    Embed,
+    ValTile,
+    choose_thresholds,
+    score_maps,
+    validation_maps,
+)
 
 LAST = "last.pt"
 BEST = "model.pt"
@@ -85,11 +91,14 @@ def batch_losses(
     targets: list[CropTargets],
     config: NetConfig,
     precision: str,
+    embeddings: np.ndarray | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The loss parts (``fg``, ``dist``) of one batch of crops."""
+    """The loss parts (``fg``, ``dist``) of one batch of crops (and their SAM embeddings,
+    for the fused network)."""
     x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    sam = torch.from_numpy(embeddings) if embeddings is not None else None
     with autocast(precision):
-        out = net(x)
+        out = net(x, sam)
     out = out.float()
     fg = torch.from_numpy(np.stack([t.foreground for t in targets]))
     hv = torch.from_numpy(np.stack([t.distance for t in targets]))
@@ -109,6 +118,7 @@ def train_net(
     progress: bool = True,
     init_state: dict[str, torch.Tensor] | None = None,
     on_step: Callable[[NetTrainState, dict[str, float]], None] | None = None,
+    embed: Embed | None = None,
 ) -> NetTrainState:
     """Train the nuclei network; ``RUN/model.pt`` is the best-validation EMA model.
 
@@ -130,6 +140,9 @@ def train_net(
         Starting weights (fine-tuning from a trained network).
     on_step : callable, optional
         Called after every optimiser step with the state and the step's losses.
+    embed : callable, optional
+        The fused network's SAM embedding of a whole image (validation tiles); the
+        training tiles carry theirs.
     """
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
@@ -155,10 +168,12 @@ def train_net(
     sums: dict[str, float] = {}
     count = 0
     while state.step < tc.steps:
-        images, targets = training_batch(tiles, tc, config.augment, config.targets.hv_scaling, rng)
+        images, targets, sam = training_batch(
+            tiles, tc, config.augment, config.targets.hv_scaling, rng
+        )
         for group in optimiser.param_groups:
             group["lr"] = learning_rate(state.step, tc)
-        parts = batch_losses(net, images, targets, config, precision)
+        parts = batch_losses(net, images, targets, config, precision, sam)
         loss = total_loss(parts, config.loss)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -178,7 +193,7 @@ def train_net(
             record = {"step": state.step, "lr": optimiser.param_groups[0]["lr"]}
             record |= {name: total / count for name, total in sums.items()}
             if due_val and val_tiles:
-                record["val"] = _validate(ema, val_tiles, config, precision, state, run)
+                record["val"] = _validate(ema, val_tiles, config, precision, state, run, embed)
                 started = time.perf_counter()  # validation is not training time
             record["seconds"] = round(state.seconds, 1)
             _save_last(run / LAST, config, net, ema, optimiser, rng, state)
@@ -187,7 +202,7 @@ def train_net(
         if on_step is not None:
             on_step(state, losses)
     bar.close()
-    _finish(run, config, ema, val_tiles, precision, state)
+    _finish(run, config, ema, val_tiles, precision, state, embed)
     return state
 
 
@@ -198,8 +213,9 @@ def _validate(
     precision: str,
     state: NetTrainState,
     run: Path,
+    embed: Embed | None,
 ) -> dict[str, float]:
-    maps = validation_maps(ema, val_tiles, precision)
+    maps = validation_maps(ema, val_tiles, precision, embed)
     scores = score_maps(maps, val_tiles, config.postprocess)
     if scores["aji"] > state.best_aji:
         state.best_aji, state.best_step = scores["aji"], state.step
@@ -214,6 +230,7 @@ def _finish(
     val_tiles: list[ValTile],
     precision: str,
     state: NetTrainState,
+    embed: Embed | None,
 ) -> None:
     """Save the final model; with validation data, choose its thresholds there."""
     if not val_tiles:
@@ -221,7 +238,7 @@ def _finish(
         return
     payload = torch.load(run / BEST, map_location="cpu", weights_only=False)
     best, _ = net_from_payload(payload, run / BEST)
-    maps = validation_maps(best, val_tiles, precision)
+    maps = validation_maps(best, val_tiles, precision, embed)
     chosen, table = choose_thresholds(maps, val_tiles, config.postprocess)
     tuned = replace(config, postprocess=chosen)
     scores = score_maps(maps, val_tiles, chosen)

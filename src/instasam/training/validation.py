@@ -7,9 +7,11 @@ thresholds can be chosen on the validation tiles once training ends, without the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
+import torch
 
 from instasam.config import PostprocessConfig
 from instasam.metrics import compute_metrics, mean_metrics
@@ -30,13 +32,18 @@ class ValTile:
     labels: np.ndarray  # ground-truth instances
 
 
+#: A whole image's SAM embedding, for the fused network
+#: (:class:`~instasam.model.sam_embedding.SamEmbedder`).
+Embed = Callable[[np.ndarray], torch.Tensor]
+
+
 def validation_maps(
-    net: NucleiUNet, tiles: list[ValTile], precision: str
+    net: NucleiUNet, tiles: list[ValTile], precision: str, embed: Embed | None = None
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """The network's (foreground, distance) maps of each validation tile."""
     was_training = net.training
     net.eval()
-    maps = [predict_net_maps(net, t.image, precision) for t in tiles]
+    maps = [predict_net_maps(net, t.image, precision, embed=embed) for t in tiles]
     net.train(was_training)
     return maps
 
