@@ -62,7 +62,8 @@ MAX_TISSUE_SATURATION = 0.15  # Otsu threshold cap: faint eosin is still tissue
 MIN_TISSUE_AREA_UM2 = 2500.0  # specks and holes below (a 50 µm square) are removed/filled
 SINGLE_LEVEL_WARN_PIXELS = 4096 * 4096
 _STRIP_PIXELS = 4_000_000  # level pixels decoded per read when reducing a level for the mask
-_TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".btf", ".tf8", ".tf2", ".ptif", ".qptiff")
+#: File suffixes read as (pyramidal) TIFF slides.
+SLIDE_SUFFIXES = (".tif", ".tiff", ".svs", ".btf", ".tf8", ".tf2", ".ptif", ".qptiff")
 
 
 class SlideWarning(UserWarning):
@@ -245,7 +246,7 @@ class Slide:
     def _open(self) -> Any:
         from tiffslide import TiffSlide
 
-        if self.path.suffix.lower() not in _TIFF_SUFFIXES:
+        if self.path.suffix.lower() not in SLIDE_SUFFIXES:
             with open(self.path, "rb") as fh:
                 head = fh.read(4)
             if head[:2] not in (b"II", b"MM"):

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from instasam.errors import InputError
 from instasam.io.atomic import atomic_path
-from instasam.io.slides import _TIFF_SUFFIXES, Slide, open_slide
+from instasam.io.slides import SLIDE_SUFFIXES, Slide, open_slide
 from instasam.predict import InstancePredictor
 from instasam.predict.slides import (
     SlideJob,
@@ -171,7 +171,7 @@ def cohort_slides(inputs: Iterable[str | os.PathLike]) -> list[CohortSlide]:
     slides: list[CohortSlide] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found = sorted(p for p in item.iterdir() if p.suffix.lower() in _TIFF_SUFFIXES)
+            found = sorted(p for p in item.iterdir() if p.suffix.lower() in SLIDE_SUFFIXES)
             if not found:
                 raise InputError(item, "folder holds no slide (.svs, .tif, ...)")
             slides += [CohortSlide(p) for p in found]
