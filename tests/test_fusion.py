@@ -129,8 +129,16 @@ def test_train_with_sam_fusion_then_predict_through_the_cli(prepared, tmp_path):
     assert predictor.predict_instances(image[..., :3]).shape == image.shape[:2]
 
 
-def test_sam_fusion_is_refused_for_the_paper_architecture(prepared, tmp_path, capsys):
-    argv = ["train", "--arch", "instasam", "--data", str(prepared / "train")]
-    argv += ["--out", str(tmp_path / "r"), "--sam-fusion"]
-    assert main(argv) == 2
-    assert "--sam-fusion" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--arch", "instasam"], "--sam-fusion: applies to --arch net only"),
+        (["--backbone", "sam_vit_b"], "--backbone: --sam-fusion takes litemedsam"),
+    ],
+)
+def test_sam_fusion_refuses_what_it_cannot_do(prepared, tmp_path, capsys, extra, message):
+    argv = ["train", "--data", str(prepared / "train"), "--out", str(tmp_path / "r")]
+    assert main([*argv, "--sam-fusion", *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("instasam: error: ") and message in err[0]
+    assert not (tmp_path / "r" / "last.pt").exists()

@@ -33,6 +33,11 @@ def net_config_from_args(args: argparse.Namespace) -> NetConfig:
     if args.dist_loss:
         config = replace(config, loss=replace(config.loss, dist_loss=args.dist_loss))
     if getattr(args, "sam_fusion", None):
+        from instasam.model.sam_embedding import EMBEDDING_BACKBONES
+
+        if args.backbone not in EMBEDDING_BACKBONES:
+            choices = ", ".join(EMBEDDING_BACKBONES)
+            raise InputError("--backbone", f"--sam-fusion takes {choices}, not {args.backbone!r}")
         config = replace(config, net=replace(config.net, sam_backbone=args.backbone))
     return config
 
@@ -99,10 +104,7 @@ def tile_embedder(config: NetConfig, precision: str, run: Path):
     """The fused network's SAM embeddings, cached in ``RUN/cache/embeddings``."""
     from instasam.model.sam_embedding import CachedEmbedder, SamEmbedder
 
-    try:
-        embedder = SamEmbedder(config.net.sam_backbone, precision)
-    except ValueError as exc:
-        raise InputError("--backbone", str(exc)) from None
+    embedder = SamEmbedder(config.net.sam_backbone, precision)
     return CachedEmbedder(embedder, run / "cache" / "embeddings")
 
 

@@ -32,6 +32,8 @@ MULTIPLE = 16  # side of the padded square: the encoder's strides and the U-Net'
 MIN_SIDE = 64
 EMBEDDING_CHANNELS = 256
 STRIDE = 4  # pixels per embedding cell
+#: Backbones whose encoder can be built for any square input (TinyViT's windows).
+EMBEDDING_BACKBONES = ("litemedsam", "litemedsam_tiny")
 
 
 def padded_side(height: int, width: int) -> int:
@@ -58,8 +60,11 @@ class SamEmbedder:
     def __init__(self, backbone: str = "litemedsam", precision: str = "fp32") -> None:
         from instasam.model import lite_medsam
 
-        if backbone not in ("litemedsam", "litemedsam_tiny"):
-            raise ValueError(f"no whole-image embedding for backbone {backbone!r}")
+        if backbone not in EMBEDDING_BACKBONES:
+            raise ValueError(
+                f"no whole-image embedding for backbone {backbone!r} "
+                f"(--sam-fusion takes {', '.join(EMBEDDING_BACKBONES)})"
+            )
         self.backbone = backbone
         self.precision = precision
         self._arch = (
