@@ -145,6 +145,12 @@ def _case_train_init_instasam_run(t):
     return argv, t / "m.pt"
 
 
+def _case_train_sam_fusion_backbone(t):
+    data = _data(t / "data")
+    argv = ["train", "--data", str(data), "--out", str(t / "out"), "--sam-fusion"]
+    return [*argv, "--backbone", "sam_vit_b"], "--backbone"
+
+
 def _case_predict_missing(t):
     return ["predict", str(t / "none.png"), "--out", str(t / "out")], t / "none.png"
 
@@ -249,6 +255,9 @@ CASES = {
     ("train", "an image without a points file"): _case_train_missing_points,
     ("train", "--config not JSON"): _case_train_bad_config,
     ("train", "--epochs given to the nuclei network (--arch net)"): _case_train_epochs_for_net,
+    ("train", "--sam-fusion with a backbone it cannot read whole tiles with"): (
+        _case_train_sam_fusion_backbone
+    ),
     ("train", "--init file missing"): _case_train_init_missing,
     ("train", "--init not a checkpoint"): _case_train_init_not_checkpoint,
     ("train", "--init an InstaSAM (not nuclei-network) run"): _case_train_init_instasam_run,
