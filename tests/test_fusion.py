@@ -114,6 +114,22 @@ def test_the_fused_network_needs_and_uses_the_embedding():
     assert fg_flips.shape == (70, 70)
 
 
+def test_a_fused_network_predicts_large_images_window_by_window():
+    torch.manual_seed(0)
+    net = NucleiUNet(FUSED).eval()
+    image, _ = nuclei(size=150, seed=2)
+    calls = []
+    embedder = SamEmbedder("litemedsam_tiny")
+
+    def embed(window):
+        calls.append(window.shape[:2])
+        return embedder(window)
+
+    fg, hv = predict_net_maps(net, image, "fp32", window=96, embed=embed)
+    assert fg.shape == (150, 150) and hv.shape == (2, 150, 150)
+    assert len(calls) > 1 and all(shape == (96, 96) for shape in calls)
+
+
 def test_train_with_sam_fusion_then_predict_through_the_cli(prepared, tmp_path):
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps(NetConfig(net=NucleiNetConfig(widths=(4, 8, 16))).to_dict()))
