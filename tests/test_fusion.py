@@ -158,3 +158,15 @@ def test_sam_fusion_refuses_what_it_cannot_do(prepared, tmp_path, capsys, extra,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("instasam: error: ") and message in err[0]
     assert not (tmp_path / "r" / "last.pt").exists()
+
+
+def test_a_checkpoint_fused_with_an_unknown_backbone_is_refused(tmp_path):
+    from instasam.errors import InputError
+    from instasam.model.unet import net_from_payload, save_net
+
+    save_net(tmp_path / "m.pt", NucleiUNet(FUSED), NetConfig(net=FUSED))
+    payload = torch.load(tmp_path / "m.pt", weights_only=False)
+    assert net_from_payload(payload, tmp_path / "m.pt")[0].fused
+    payload["config"]["net"]["sam_backbone"] = "sam_vit_b"
+    with pytest.raises(InputError, match="sam_backbone 'sam_vit_b'"):
+        net_from_payload(payload, tmp_path / "m.pt")

@@ -6,11 +6,15 @@ import argparse
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from instasam.config import InstaSAMConfig, NetConfig
 from instasam.errors import InputError
+
+if TYPE_CHECKING:
+    from instasam.model.sam_embedding import CachedEmbedder
 
 
 def net_config_from_args(args: argparse.Namespace) -> NetConfig:
@@ -32,7 +36,7 @@ def net_config_from_args(args: argparse.Namespace) -> NetConfig:
     config = replace(config, train=replace(config.train, **overrides))
     if args.dist_loss:
         config = replace(config, loss=replace(config.loss, dist_loss=args.dist_loss))
-    if getattr(args, "sam_fusion", None):
+    if args.sam_fusion:
         from instasam.model.sam_embedding import EMBEDDING_BACKBONES
 
         if args.backbone not in EMBEDDING_BACKBONES:
@@ -100,7 +104,7 @@ def fixed_labels(args: argparse.Namespace, loaded: list, source: str) -> list[np
     return out
 
 
-def tile_embedder(config: NetConfig, precision: str, run: Path):
+def tile_embedder(config: NetConfig, precision: str, run: Path) -> CachedEmbedder:
     """The fused network's SAM embeddings, cached in ``RUN/cache/embeddings``."""
     from instasam.model.sam_embedding import CachedEmbedder, SamEmbedder
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,9 @@ EMBEDDING_CHANNELS = 256
 STRIDE = 4  # pixels per embedding cell
 #: Backbones whose encoder can be built for any square input (TinyViT's windows).
 EMBEDDING_BACKBONES = ("litemedsam", "litemedsam_tiny")
+
+#: A whole image's embedding, as :class:`SamEmbedder` and :class:`CachedEmbedder` give it.
+Embed = Callable[[np.ndarray], torch.Tensor]
 
 
 def padded_side(height: int, width: int) -> int:
@@ -63,7 +67,7 @@ class SamEmbedder:
         if backbone not in EMBEDDING_BACKBONES:
             raise ValueError(
                 f"no whole-image embedding for backbone {backbone!r} "
-                f"(--sam-fusion takes {', '.join(EMBEDDING_BACKBONES)})"
+                f"(one of {', '.join(EMBEDDING_BACKBONES)})"
             )
         self.backbone = backbone
         self.precision = precision

@@ -24,7 +24,12 @@ from torch.nn import functional as F
 from instasam.config import NetConfig, NucleiNetConfig
 from instasam.errors import InputError
 from instasam.io.atomic import atomic_path
-from instasam.model.sam_embedding import EMBEDDING_CHANNELS, MULTIPLE, embedding_for
+from instasam.model.sam_embedding import (
+    EMBEDDING_BACKBONES,
+    EMBEDDING_CHANNELS,
+    MULTIPLE,
+    embedding_for,
+)
 
 # Per-channel mean and std of 0..255 RGB (SAM's), so inputs are centred like the encoder's.
 PIXEL_MEAN = (123.675, 116.28, 103.53)
@@ -157,6 +162,9 @@ def net_from_payload(
         config = NetConfig.from_dict(payload["config"])
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(path, f"bad configuration in checkpoint ({exc})") from None
+    fused_with = config.net.sam_backbone
+    if fused_with is not None and fused_with not in EMBEDDING_BACKBONES:
+        raise InputError(path, f"bad configuration in checkpoint (sam_backbone {fused_with!r})")
     net = NucleiUNet(config.net)
     state = {k: v.float() if v.is_floating_point() else v for k, v in payload["state"].items()}
     try:

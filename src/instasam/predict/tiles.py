@@ -9,7 +9,6 @@ foreground probability and distance maps are then post-processed into instances.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +17,7 @@ from tqdm.auto import tqdm
 
 from instasam.config import PostprocessConfig, PredictConfig
 from instasam.model.instasam import InstaSAM, image_to_tensor, load_model, load_payload
-from instasam.model.sam_embedding import embedding_for
+from instasam.model.sam_embedding import Embed, embedding_for
 from instasam.model.unet import NucleiUNet, is_net_checkpoint, net_from_payload
 from instasam.postprocess import instances_from_maps
 from instasam.pretrained import resolve_model
@@ -131,7 +130,7 @@ def predict_net_maps(
     precision: str = "fp32",
     flips: bool = False,
     window: int = NET_WINDOW,
-    embed: Callable[[np.ndarray], torch.Tensor] | None = None,
+    embed: Embed | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Foreground probability ``(H, W)`` and distance maps ``(2, H, W)`` from the network.
 
@@ -161,7 +160,7 @@ def _net_maps_once(
     image: np.ndarray,
     precision: str,
     flips: bool,
-    embed: Callable[[np.ndarray], torch.Tensor] | None,
+    embed: Embed | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     h, w = image.shape[:2]
     sam = None
@@ -195,7 +194,7 @@ class NetPredictor:
     mpp: float | None
     precision: str = "fp32"
     flips: bool = False
-    embed: Callable[[np.ndarray], torch.Tensor] | None = None  # the fused network's SAM
+    embed: Embed | None = None  # the fused network's SAM embedding
 
     def predict_maps(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return predict_net_maps(self.net, image, self.precision, self.flips, embed=self.embed)

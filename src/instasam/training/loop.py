@@ -27,16 +27,11 @@ from tqdm.auto import tqdm
 from instasam.config import NetConfig, NetTrainConfig
 from instasam.io.atomic import atomic_path, write_text_atomic
 from instasam.losses import mask_loss, masked_distance_loss, total_loss
+from instasam.model.sam_embedding import Embed
 from instasam.model.unet import NucleiUNet, net_from_payload, save_net
 from instasam.training.crops import CropTargets, LabelledTile, training_batch
 from instasam.training.precision import autocast, resolve_precision
-from instasam.training.validation import (
-    Embed,
-    ValTile,
-    choose_thresholds,
-    score_maps,
-    validation_maps,
-)
+from instasam.training.validation import ValTile, choose_thresholds, score_maps, validation_maps
 
 LAST = "last.pt"
 BEST = "model.pt"

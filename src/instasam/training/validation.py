@@ -7,14 +7,13 @@ thresholds can be chosen on the validation tiles once training ends, without the
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
-import torch
 
 from instasam.config import PostprocessConfig
 from instasam.metrics import compute_metrics, mean_metrics
+from instasam.model.sam_embedding import Embed
 from instasam.model.unet import NucleiUNet
 from instasam.postprocess import instances_from_maps
 from instasam.predict.tiles import predict_net_maps
@@ -30,11 +29,6 @@ class ValTile:
     stem: str
     image: np.ndarray
     labels: np.ndarray  # ground-truth instances
-
-
-#: A whole image's SAM embedding, for the fused network
-#: (:class:`~instasam.model.sam_embedding.SamEmbedder`).
-Embed = Callable[[np.ndarray], torch.Tensor]
 
 
 def validation_maps(
