@@ -14,21 +14,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))
-from tta_ensemble import tiles
 
 from instasam.io.atomic import write_text_atomic
 from instasam.model.instasam import load_payload
 from instasam.model.unet import net_from_payload
 from instasam.predict.tiles import predict_net_maps
 from instasam.pretrained import resolve_model
-from instasam.training.validation import score_maps
+from instasam.training.validation import score_maps, val_tiles_in
 
 GRID = {
     "fg_threshold": (0.3, 0.4, 0.5, 0.6),
@@ -52,7 +48,7 @@ def main() -> None:
     torch.set_num_threads(2)
     path = resolve_model(args.model)
     net, config = net_from_payload(load_payload(path), path)
-    subsets = {name: tiles(args.data / name) for name in ("val", "test")}
+    subsets = {name: val_tiles_in(args.data / name) for name in ("val", "test")}
     maps = {
         name: [predict_net_maps(net, t.image, "bf16") for t in ts] for name, ts in subsets.items()
     }

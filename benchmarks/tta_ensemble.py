@@ -19,12 +19,10 @@ import numpy as np
 import torch
 
 from instasam.io.atomic import write_text_atomic
-from instasam.io.images import list_images, read_rgb
-from instasam.io.labels import find_label_file, read_label_map
 from instasam.model.instasam import load_payload
 from instasam.model.unet import net_from_payload
 from instasam.predict.tiles import predict_net_maps
-from instasam.training.validation import ValTile, choose_thresholds, score_maps
+from instasam.training.validation import choose_thresholds, score_maps, val_tiles_in
 
 VARIANTS = {
     "seed1": ((1,), False),
@@ -34,13 +32,6 @@ VARIANTS = {
     "ens01": ((0, 1), False),
     "ens01_flips": ((0, 1), True),
 }
-
-
-def tiles(folder: Path) -> list[ValTile]:
-    return [
-        ValTile(p.stem, read_rgb(p), read_label_map(find_label_file(folder / "labels", p.stem)))
-        for p in list_images(folder / "images")
-    ]
 
 
 def main() -> None:
@@ -55,7 +46,7 @@ def main() -> None:
         net, config = net_from_payload(load_payload(path), path)
         nets[seed] = net.eval()
     base = config.postprocess
-    subsets = {name: tiles(args.out / "data" / name) for name in ("val", "test")}
+    subsets = {name: val_tiles_in(args.out / "data" / name) for name in ("val", "test")}
     maps = {  # (subset, seed, flips) -> [(foreground, distance maps) per tile]
         (name, seed, flips): [predict_net_maps(nets[seed], t.image, "bf16", flips) for t in ts]
         for name, ts in subsets.items()

@@ -2,9 +2,12 @@
 
 Keeps only what inference needs (weights in fp16, the configuration, the validation
 scores), writes ``src/instasam/pretrained/<name>.pt`` and prints its SHA-256 for the
-registry entry in ``src/instasam/pretrained/__init__.py``.
+registry entry in ``src/instasam/pretrained/__init__.py``. With ``--retune VAL`` the
+post-processing (thresholds and shrink) is chosen again on the prepared validation folder
+VAL with the training's grid, for a checkpoint made before the grid grew.
 
-    python scripts/ship_model.py bench_out/k/runs/sam_seed0/model.pt --name monuseg-points
+    python scripts/ship_model.py bench_out/k/runs/sam_seed0/model.pt --name monuseg-points \
+        --retune bench_out/k/data/val
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ from pathlib import Path
 
 import torch
 
-from instasam.model.unet import NET_FORMAT
+from instasam.model.unet import NET_FORMAT, net_from_payload
 from instasam.pretrained import file_sha256
+from instasam.training.precision import resolve_precision
+from instasam.training.validation import tuned_config, val_tiles_in
 
 DEST = Path(__file__).resolve().parents[1] / "src" / "instasam" / "pretrained"
 
@@ -24,10 +29,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path)
     parser.add_argument("--name", required=True)
+    parser.add_argument("--retune", type=Path, help="prepared validation folder")
     args = parser.parse_args()
     payload = torch.load(args.model, map_location="cpu", weights_only=False)
     if payload.get("format") != NET_FORMAT:
         raise SystemExit(f"{args.model}: not a nuclei-network checkpoint")
+    if args.retune:
+        payload = retuned(payload, args.model, args.retune)
     state = {k: v.half() if v.is_floating_point() else v for k, v in payload["state"].items()}
     shipped = {
         "format": NET_FORMAT,
@@ -39,6 +47,20 @@ def main() -> None:
     dest = DEST / f"{args.name}.pt"
     torch.save(shipped, dest)
     print(f"{dest}: {dest.stat().st_size / 1e6:.1f} MB, sha256 {file_sha256(dest)}")
+
+
+def retuned(payload: dict, path: Path, val_folder: Path) -> dict:
+    """``payload`` with its post-processing chosen again on the tiles of ``val_folder``."""
+    net, config = net_from_payload(payload, path)
+    precision = resolve_precision(config.train.precision)
+    tuned, scores, _ = tuned_config(net, config, val_tiles_in(val_folder), precision)
+    post = tuned.postprocess
+    print(
+        f"chosen on the val tiles: foreground {post.fg_threshold}, marker "
+        f"{post.edge_threshold}, shrink {post.shrink}; val AJI {scores['aji']:.4f} "
+        f"(saved setting: {payload.get('val', {}).get('aji', float('nan')):.4f})"
+    )
+    return {**payload, "config": tuned.to_dict(), "val": scores}
 
 
 if __name__ == "__main__":

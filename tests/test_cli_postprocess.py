@@ -53,6 +53,22 @@ def test_presets_and_thresholds_take_effect(maps_dir, tmp_path):
     assert read_label_map(lowered / "tile.tif").max() == gt.max()
 
 
+def test_shrink_option_takes_a_pixel_off_each_nucleus(maps_dir, tmp_path, capsys):
+    maps, gt = maps_dir
+    runs = {}
+    for shrink in ("0", "1"):
+        out = tmp_path / f"shrink{shrink}"
+        argv = ["postprocess", str(maps), "--out", str(out), "--preset", "hovernet"]
+        assert main([*argv, "--shrink", shrink]) == 0
+        runs[shrink] = read_label_map(out / "tile.tif")
+    assert runs["1"].max() == runs["0"].max() == gt.max()
+    assert 0.7 * (runs["0"] > 0).sum() < (runs["1"] > 0).sum() < (runs["0"] > 0).sum()
+    assert "shrink 1" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stop:
+        main(["postprocess", str(maps), "--out", str(tmp_path / "bad"), "--shrink", "-1"])
+    assert stop.value.code == 2 and not (tmp_path / "bad").exists()
+
+
 def test_existing_outputs_are_kept_unless_overwrite(maps_dir, tmp_path, capsys):
     maps, _ = maps_dir
     out = tmp_path / "out"

@@ -230,3 +230,19 @@ def test_training_resumes_to_the_same_weights_and_tunes_thresholds(tmp_path):
     assert isinstance(predictor, NetPredictor)
     assert (tmp_path / "straight" / "thresholds.json").is_file()
     assert predictor.predict_instances(image).shape == labels.shape
+
+
+def test_validation_chooses_a_shrink_only_for_outlines_drawn_too_large():
+    from skimage.segmentation import expand_labels
+
+    from instasam.config import PostprocessConfig
+    from instasam.targets import foreground_map, hv_maps
+    from instasam.training.validation import choose_thresholds
+
+    _, labels, _ = disks(size=128, n=8, seed=3)
+    tiles = [ValTile("v", np.zeros((*labels.shape, 3), np.uint8), labels)]
+    for drawn, expected in ((labels, 0), (expand_labels(labels, 1), 1)):
+        maps = [(foreground_map(drawn), hv_maps(drawn))]
+        chosen, table = choose_thresholds(maps, tiles, PostprocessConfig())
+        assert chosen.shrink == expected
+        assert {row["shrink"] for row in table} == {0, 1}

@@ -137,6 +137,52 @@ def test_holes_in_the_foreground_are_filled():
     assert pred.max() == 1 and pred[25, 25] == 1
 
 
+def test_shrink_takes_one_pixel_off_each_outline():
+    labels = np.zeros((50, 50), dtype=np.int32)
+    labels[_disk(labels.shape, (25, 25), 10)] = 1
+    fg, hv = foreground_map(labels), hv_maps(labels)
+    whole = instances_from_maps(fg, hv) > 0
+    shrunk = instances_from_maps(fg, hv, PostprocessConfig(shrink=1)) > 0
+    # A pixel survives when it and its four neighbours are inside the whole object.
+    inner = whole.copy()
+    inner[1:, :] &= whole[:-1, :]
+    inner[:-1, :] &= whole[1:, :]
+    inner[:, 1:] &= whole[:, :-1]
+    inner[:, :-1] &= whole[:, 1:]
+    np.testing.assert_array_equal(shrunk, inner)
+    assert 0 < shrunk.sum() < whole.sum()
+
+
+def test_shrink_separates_touching_nuclei_and_spares_the_tile_border():
+    labels = _touching_disks()
+    fg, hv = foreground_map(labels), hv_maps(labels)
+    pred = instances_from_maps(fg, hv, PostprocessConfig(shrink=1))
+    assert pred.max() == 2
+    grown = np.zeros_like(pred)
+    for k in (1, 2):  # each object dilated by one pixel (4-neighbours) stays off the other
+        mask = pred == k
+        near = mask.copy()
+        near[1:] |= mask[:-1]
+        near[:-1] |= mask[1:]
+        near[:, 1:] |= mask[:, :-1]
+        near[:, :-1] |= mask[:, 1:]
+        grown[near] += 1
+    assert grown.max() == 1
+    edge = np.zeros((20, 20), dtype=np.int32)
+    edge[:8, :8] = 1  # touches the top and left borders
+    out = instances_from_maps(foreground_map(edge), hv_maps(edge), PostprocessConfig(shrink=1))
+    assert out[0, 0] == 1 and out[:7, :7].all() and not out[7, :].any() and not out[:, 7].any()
+
+
+def test_shrink_then_min_area_drops_what_became_too_small():
+    labels = np.zeros((40, 40), dtype=np.int32)
+    labels[10:15, 10:15] = 1  # 25 px; 9 px after one shrink
+    fg, hv = foreground_map(labels), hv_maps(labels)
+    config = PostprocessConfig(min_area=20, min_marker_area=1, marker_opening=0)
+    assert instances_from_maps(fg, hv, config).max() == 1
+    assert instances_from_maps(fg, hv, replace(config, shrink=1)).max() == 0
+
+
 def test_hovernet_preset_uses_its_thresholds():
     default, hovernet = PostprocessConfig(), PostprocessConfig.hovernet()
     assert (default.fg_threshold, default.edge_threshold, default.sobel_ksize) == (0.7, 0.5, 21)

@@ -291,6 +291,7 @@ def _provenance(pred_dir: str | os.PathLike) -> str:
             f"Model: <code>{html.escape(str(record['model']))}</code>"
             + (f" (sha256 {html.escape(record['sha256'][:12])}…)" if record.get("sha256") else "")
             + f"; thresholds: foreground {post['fg_threshold']}, marker {post['edge_threshold']}"
+            + (f", shrink {post['shrink']} px" if post.get("shrink") else "")
             + f"; precision {html.escape(str(record['precision']))}"
             + ("; four flips averaged" if record.get("flips") else "")
             + f"; instasam {html.escape(str(record.get('instasam', '?')))}."

@@ -43,6 +43,6 @@ def _thresholds(path) -> str:
     post = config.postprocess
     return (
         f"foreground {post.fg_threshold}, marker {post.edge_threshold}, min area "
-        f"{post.min_area} px (chosen on the validation tiles; --fg-threshold, "
-        "--edge-threshold and --min-area override them)"
+        f"{post.min_area} px, shrink {post.shrink} px (chosen on the validation tiles; "
+        "--fg-threshold, --edge-threshold, --min-area and --shrink override them)"
     )

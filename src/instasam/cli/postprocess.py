@@ -55,6 +55,11 @@ def add_threshold_options(p: argparse.ArgumentParser) -> None:
         type=int,
         help="smallest nucleus kept, in pixels (default: the model's)",
     )
+    p.add_argument(
+        "--shrink",
+        type=non_negative_int,
+        help="pixels taken off every nucleus's outline (default: the model's)",
+    )
 
 
 def unit_interval(text: str) -> float:
@@ -68,12 +73,24 @@ def unit_interval(text: str) -> float:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """A whole number >= 0 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def with_thresholds(config: PostprocessConfig, args: argparse.Namespace) -> PostprocessConfig:
     """``config`` with the thresholds given on the command line applied."""
     given = {
         "fg_threshold": args.fg_threshold,
         "edge_threshold": args.edge_threshold,
         "min_area": args.min_area,
+        "shrink": args.shrink,
     }
     return replace(config, **{k: v for k, v in given.items() if v is not None})
 
@@ -113,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
         done += 1
     print(
         f"{done} map(s) post-processed (foreground >= {config.fg_threshold}, marker "
-        f"{config.edge_threshold}, min area {config.min_area}), {len(files) - done} already "
+        f"{config.edge_threshold}, min area {config.min_area}, shrink {config.shrink}), "
+        f"{len(files) - done} already "
         f"done; output in {args.out}"
     )
     return 0

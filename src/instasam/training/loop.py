@@ -4,8 +4,8 @@ Every step draws ``batch_size`` augmented crops, runs the network once on the st
 (bf16 autocast where the CPU has it) and applies the paper's losses on the non-ignored
 pixels: BCE + soft IoU on the foreground, ``w_dist`` x SmoothL1 on the distance maps.
 An exponential moving average of the weights is what validation scores and what is saved.
-When training ends the watershed thresholds are chosen on the validation tiles with the
-best model, and saved with it.
+When training ends the watershed thresholds and the outline shrink are chosen on the
+validation tiles with the best model, and saved with it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from instasam.model.sam_embedding import Embed
 from instasam.model.unet import NucleiUNet, net_from_payload, save_net
 from instasam.training.crops import CropTargets, LabelledTile, training_batch
 from instasam.training.precision import autocast, resolve_precision
-from instasam.training.validation import ValTile, choose_thresholds, score_maps, validation_maps
+from instasam.training.validation import ValTile, score_maps, tuned_config, validation_maps
 
 LAST = "last.pt"
 BEST = "model.pt"
@@ -233,10 +233,7 @@ def _finish(
         return
     payload = torch.load(run / BEST, map_location="cpu", weights_only=False)
     best, _ = net_from_payload(payload, run / BEST)
-    maps = validation_maps(best, val_tiles, precision, embed)
-    chosen, table = choose_thresholds(maps, val_tiles, config.postprocess)
-    tuned = replace(config, postprocess=chosen)
-    scores = score_maps(maps, val_tiles, chosen)
+    tuned, scores, table = tuned_config(best, config, val_tiles, precision, embed)
     save_net(
         run / BEST, best, tuned, step=payload.get("step"), val=scores, val_default=payload["val"]
     )

@@ -2,16 +2,20 @@
 
 The network is fully convolutional and a 1000x1000 tile is one forward pass, so validation
 sees what prediction will see (no centre crops). Its maps are kept so the watershed's two
-thresholds can be chosen on the validation tiles once training ends, without the model.
+thresholds and the outline shrink can be chosen on the validation tiles once training
+ends, without the model.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
-from instasam.config import PostprocessConfig
+from instasam.config import NetConfig, PostprocessConfig
+from instasam.io.images import list_images, read_rgb
+from instasam.io.labels import find_label_file, read_label_map
 from instasam.metrics import compute_metrics, mean_metrics
 from instasam.model.sam_embedding import Embed
 from instasam.model.unet import NucleiUNet
@@ -22,6 +26,9 @@ from instasam.predict.tiles import predict_net_maps
 # (0.5, 0.4) are both in the grid.
 FG_THRESHOLDS = (0.4, 0.5, 0.6, 0.7)
 EDGE_THRESHOLDS = (0.3, 0.4, 0.5, 0.6)
+# Pixels taken off each outline (PostprocessConfig.shrink): none, or one for a network that
+# learned SAM's larger outlines.
+SHRINKS = (0, 1)
 
 
 @dataclass
@@ -29,6 +36,14 @@ class ValTile:
     stem: str
     image: np.ndarray
     labels: np.ndarray  # ground-truth instances
+
+
+def val_tiles_in(folder: Path) -> list[ValTile]:
+    """The tiles of a prepared folder (``images/`` and ``labels/``) with their ground truth."""
+    return [
+        ValTile(p.stem, read_rgb(p), read_label_map(find_label_file(folder / "labels", p.stem)))
+        for p in list_images(folder / "images")
+    ]
 
 
 def validation_maps(
@@ -56,14 +71,33 @@ def score_maps(
 def choose_thresholds(
     maps: list[tuple[np.ndarray, np.ndarray]], tiles: list[ValTile], base: PostprocessConfig
 ) -> tuple[PostprocessConfig, list[dict[str, float]]]:
-    """The (foreground, marker) thresholds with the best validation AJI, and every score."""
+    """The (foreground, marker, shrink) setting with the best validation AJI, and every score.
+
+    Ties go to the first setting tried, so to no shrink.
+    """
     table = []
     best, best_aji = base, -1.0
-    for fg_t in FG_THRESHOLDS:
-        for edge_t in EDGE_THRESHOLDS:
-            config = replace(base, fg_threshold=fg_t, edge_threshold=edge_t)
-            scores = score_maps(maps, tiles, config)
-            table.append({"fg_threshold": fg_t, "edge_threshold": edge_t, **scores})
-            if scores["aji"] > best_aji:
-                best, best_aji = config, scores["aji"]
+    for shrink in SHRINKS:
+        for fg_t in FG_THRESHOLDS:
+            for edge_t in EDGE_THRESHOLDS:
+                setting = {"fg_threshold": fg_t, "edge_threshold": edge_t, "shrink": shrink}
+                config = replace(base, **setting)
+                scores = score_maps(maps, tiles, config)
+                table.append({**setting, **scores})
+                if scores["aji"] > best_aji:
+                    best, best_aji = config, scores["aji"]
     return best, table
+
+
+def tuned_config(
+    net: NucleiUNet,
+    config: NetConfig,
+    tiles: list[ValTile],
+    precision: str,
+    embed: Embed | None = None,
+) -> tuple[NetConfig, dict[str, float], list[dict[str, float]]]:
+    """``config`` with the post-processing chosen on ``tiles`` for ``net``; the chosen
+    setting's validation scores; every setting's scores."""
+    maps = validation_maps(net, tiles, precision, embed)
+    chosen, table = choose_thresholds(maps, tiles, config.postprocess)
+    return replace(config, postprocess=chosen), score_maps(maps, tiles, chosen), table
