@@ -197,6 +197,26 @@ def _case_postprocess_damaged_maps(t):
     return ["postprocess", str(t / "maps"), "--out", str(t / "out")], t / "maps" / "a.npz"
 
 
+def _case_tune_out_exists(t):
+    data = _data(t / "val")
+    _labels(data / "labels", "tile")
+    (t / "tuned.pt").write_bytes(b"x")
+    return ["tune", "--val", str(data), "--out", str(t / "tuned.pt")], t / "tuned.pt"
+
+
+def _case_tune_val_without_labels(t):
+    data = _data(t / "val")
+    return ["tune", "--val", str(data), "--out", str(t / "tuned.pt")], data / "labels"
+
+
+def _case_tune_not_a_nuclei_network(t):
+    data = _data(t / "val")
+    _labels(data / "labels", "tile")
+    torch.save({"format": "something else"}, t / "m.pt")
+    argv = ["tune", "--val", str(data), "--model", str(t / "m.pt"), "--out", str(t / "o.pt")]
+    return argv, t / "m.pt"
+
+
 def _case_evaluate_other_stems(t):
     _labels(t / "gt", "a")
     _labels(t / "pred", "b")
@@ -268,6 +288,9 @@ CASES = {
     ("predict", "damaged model file"): _case_predict_damaged_model,
     ("predict", "--out names an existing file"): _case_predict_out_is_file,
     ("postprocess", "damaged .npz maps"): _case_postprocess_damaged_maps,
+    ("tune", "--out exists (no --overwrite)"): _case_tune_out_exists,
+    ("tune", "--val tiles without outlines"): _case_tune_val_without_labels,
+    ("tune", "--model not a nuclei network"): _case_tune_not_a_nuclei_network,
     ("evaluate", "GT and predictions with different names"): _case_evaluate_other_stems,
     ("evaluate", "prediction of another size"): _case_evaluate_size_mismatch,
     ("evaluate", "truncated label TIFF"): _case_evaluate_truncated,

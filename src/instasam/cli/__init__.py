@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "train",
     "predict",
     "postprocess",
+    "tune",
     "predict_wsi",
     "predict_cohort",
     "evaluate",
