@@ -68,6 +68,26 @@ def test_a_row_runs_end_to_end_resumes_and_refuses_other_settings(root, tmp_path
     aji = 100 * row["test_mean"]["aji"]
     assert "| cluster + Voronoi labels (`cv`) | " in table and f"{aji:.1f}" in table
     assert "73.2 / 52.0" in table and "not run yet" in table
+    # A row finished before the shrink grid: refused by `run`, brought up to date by `retune`.
+    import torch
+
+    model = out / "runs" / "cv_seed0" / "model.pt"
+    payload = torch.load(model, weights_only=False)
+    del payload["config"]["postprocess"]["shrink"]
+    torch.save(payload, model)
+    old = {**row, "settings": {k: v for k, v in row["settings"].items() if k != "postprocess_grid"}}
+    (results / "cv.json").write_text(json.dumps(old))
+    refused = _run(root, out, results, "cv")
+    assert refused.returncode != 0 and "paper.py retune" in refused.stderr
+    argv = [sys.executable, str(REPO / "benchmarks" / "paper.py"), "retune", "cv", "--steps", "2"]
+    argv += ["--monuseg", str(root), "--out", str(out), "--results", str(results)]
+    retuned = subprocess.run(argv, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert retuned.returncode == 0, retuned.stdout[-2000:] + retuned.stderr[-2000:]
+    new = json.loads((results / "cv.json").read_text())
+    assert new["settings"] == row["settings"] and "$ instasam tune" in retuned.stdout
+    assert new["before_retune"]["test_mean"] == row["test_mean"]
+    assert new["postprocess"]["shrink"] in (0, 1)
+    assert torch.load(model, weights_only=False)["config"]["postprocess"] == new["postprocess"]
 
 
 def test_classical_row_needs_no_training(root, tmp_path):
