@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from stages import run
+from stages import run, tuned_if_older
 
 RESULTS = Path(__file__).parent / "results" / "paper"
 KUMAR_SPLIT = "splits/kumar_16_14.json"
@@ -333,9 +333,7 @@ def retune_row(row_name: str, args: argparse.Namespace) -> dict:
     folders = prepared(row, args, log)
     run_dir = args.out / "runs" / f"{training_run(row_name)}_seed{args.seed}"
     model = run_dir / "model.pt"
-    if "shrink" not in torch_config(model)["postprocess"]:  # shared runs are tuned once
-        argv = ["tune", "--model", str(model), "--val", str(folders["val"]), "--out", str(model)]
-        run([*argv, "--overwrite", "--threads", str(args.threads)], log)
+    tuned_if_older(model, folders["val"], log, args.threads)  # shared runs are tuned once
     pred = args.out / "pred" / f"{row_name}_seed{args.seed}"
     predict = ["predict", str(folders["test"] / "images"), "--model", str(model), "--out"]
     run([*predict, str(pred), "--overwrite", "--threads", str(args.threads)], log)

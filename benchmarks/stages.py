@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 import sys
 import time
+from pathlib import Path
 
 from instasam.cli import main as instasam
 
@@ -17,3 +18,17 @@ def run(argv: list[str], log: list[dict]) -> None:
     log.append({"command": argv, "seconds": round(time.perf_counter() - started, 1)})
     if status:
         sys.exit(f"stage failed with status {status}: instasam {shlex.join(argv)}")
+
+
+def tuned_if_older(model: Path, val: Path, log: list[dict], threads: int) -> None:
+    """Choose the post-processing of a network trained before the outline shrink existed
+    (its checkpoint has no ``shrink``) on ``val`` with today's grid, in place."""
+    import torch
+
+    if (
+        "shrink"
+        in torch.load(model, map_location="cpu", weights_only=False)["config"]["postprocess"]
+    ):
+        return
+    argv = ["tune", "--model", str(model), "--val", str(val), "--out", str(model), "--overwrite"]
+    run([*argv, "--threads", str(threads)], log)
