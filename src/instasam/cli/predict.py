@@ -54,8 +54,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def add_speed_options(p: argparse.ArgumentParser) -> None:
-    """Arithmetic and test-time augmentation of the nuclei network (shared with predict-wsi)."""
+def add_precision_option(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The nuclei network's arithmetic (predict, predict-wsi, train, tune)."""
     p.add_argument(
         "--precision",
         choices=("auto", "fp32", "bf16"),
@@ -63,6 +63,11 @@ def add_speed_options(p: argparse.ArgumentParser) -> None:
         help="auto (default): bf16 where the CPU has native bf16 (AVX-512 BF16/AMX), else "
         "fp32 (nuclei network models)",
     )
+
+
+def add_speed_options(p: argparse.ArgumentParser) -> None:
+    """Arithmetic and test-time augmentation of the nuclei network (shared with predict-wsi)."""
+    add_precision_option(p)
     p.add_argument(
         "--flips",
         action="store_true",

@@ -13,6 +13,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+from instasam.cli.predict import add_precision_option
 from instasam.config import InstaSAMConfig
 from instasam.errors import InputError
 
@@ -83,12 +84,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="the fused design: add the frozen --backbone's whole-tile embedding to the "
         "network's features at 1/4 resolution (slower to predict; not what ships)",
     )
-    net.add_argument(
-        "--precision",
-        choices=("auto", "fp32", "bf16"),
-        default="auto",
-        help="auto: bf16 where the CPU has native bf16 (AVX-512 BF16/AMX), else fp32",
-    )
+    add_precision_option(net)
     p.add_argument("--config", type=Path, help="JSON configuration (as written to RUN/config.json)")
     p.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -6,6 +6,7 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
+from instasam.cli.predict import add_precision_option
 from instasam.errors import InputError
 from instasam.pretrained import DEFAULT_MODEL
 
@@ -36,12 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="the tuned model file to write")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    p.add_argument(
-        "--precision",
-        choices=("auto", "fp32", "bf16"),
-        default="auto",
-        help="inference precision (auto: bf16 where the CPU has it natively)",
-    )
+    add_precision_option(p)
     p.set_defaults(func=run)
 
 
