@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from stages import run, tuned_if_older
+from stages import checkpoint_config, run, tuned_if_older
 
 RESULTS = Path(__file__).parent / "results" / "paper"
 KUMAR_SPLIT = "splits/kumar_16_14.json"
@@ -222,6 +222,11 @@ TRAINING_FIELDS = ("train_on", "shift", "fewshot", "labels", "rules")
 GRID_KEY = "postprocess_grid"
 
 
+def differing(done: dict, wanted: dict) -> list[str]:
+    """The settings in which a finished row differs from the one asked for."""
+    return sorted(k for k in wanted if done.get(k) != wanted[k])
+
+
 def training_run(row_name: str) -> str:
     """The first row that trains exactly as this one does: rows differing only in their
     test data (``s``, ``monuseg-to-tnbc`` and ``centred``) share one training run."""
@@ -236,7 +241,7 @@ def run_row(row_name: str, args: argparse.Namespace) -> dict:
     if result_path.is_file():
         done = json.loads(result_path.read_text())
         if done["settings"] != wanted:
-            differ = sorted(k for k in wanted if done["settings"].get(k) != wanted[k])
+            differ = differing(done["settings"], wanted)
             hint = "; `paper.py retune` brings it to the current grid" * (differ == [GRID_KEY])
             sys.exit(
                 f"{result_path} was made with other settings ({', '.join(differ)}); "
@@ -323,7 +328,7 @@ def retune_row(row_name: str, args: argparse.Namespace) -> dict:
     if done["settings"] == wanted:
         print(f"{row_name}: already scored with the current grid")
         return done
-    differ = sorted(k for k in wanted if done["settings"].get(k) != wanted[k])
+    differ = differing(done["settings"], wanted)
     if differ != [GRID_KEY]:
         sys.exit(
             f"{result_path}: settings differ in {', '.join(differ)}; retune changes only {GRID_KEY}"
@@ -351,7 +356,7 @@ def retune_row(row_name: str, args: argparse.Namespace) -> dict:
         "settings": wanted,
         "test_mean": evaluated["mean"],
         "test_per_image": evaluated["images"],
-        "postprocess": torch_config(model)["postprocess"],
+        "postprocess": checkpoint_config(model)["postprocess"],
         "before_retune": before,
         "retune_stages": log,
         "retune_seconds": round(time.perf_counter() - started, 1),
@@ -362,13 +367,6 @@ def retune_row(row_name: str, args: argparse.Namespace) -> dict:
     m = result["test_mean"]
     print(f"{row_name} retuned: Dice_obj {100 * m['dice_obj']:.1f} AJI {100 * m['aji']:.1f}")
     return result
-
-
-def torch_config(model: Path) -> dict:
-    """The configuration saved in a nuclei network's checkpoint."""
-    import torch
-
-    return torch.load(model, map_location="cpu", weights_only=False)["config"]
 
 
 # -- the tables -------------------------------------------------------------------------------

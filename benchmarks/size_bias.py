@@ -32,14 +32,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from skimage.segmentation import expand_labels, find_boundaries
+from skimage.segmentation import expand_labels
 
 from instasam.io.atomic import write_text_atomic
 from instasam.io.labels import find_label_file, read_label_map
 from instasam.metrics import compute_metrics, mean_metrics
 from instasam.model.instasam import load_payload
 from instasam.model.unet import net_from_payload
-from instasam.postprocess import instances_from_maps
+from instasam.postprocess import instances_from_maps, shrunk_instances
 from instasam.predict.tiles import predict_net_maps
 from instasam.pretrained import resolve_model
 from instasam.training.validation import choose_thresholds, score_maps, val_tiles_in
@@ -52,10 +52,7 @@ def offset_instances(labels: np.ndarray, offset: int) -> np.ndarray:
     """Every instance grown (``offset > 0``) or shrunk (``< 0``) by ``|offset|`` pixels."""
     if offset > 0:
         return expand_labels(labels, offset)
-    out = labels.copy()
-    for _ in range(-offset):
-        out[find_boundaries(out, mode="inner")] = 0
-    return out
+    return shrunk_instances(labels, -offset)
 
 
 def matched_area_ratios(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:

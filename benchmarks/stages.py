@@ -20,15 +20,17 @@ def run(argv: list[str], log: list[dict]) -> None:
         sys.exit(f"stage failed with status {status}: instasam {shlex.join(argv)}")
 
 
+def checkpoint_config(model: Path) -> dict:
+    """The configuration saved in a nuclei network's checkpoint."""
+    import torch
+
+    return torch.load(model, map_location="cpu", weights_only=False)["config"]
+
+
 def tuned_if_older(model: Path, val: Path, log: list[dict], threads: int) -> None:
     """Choose the post-processing of a network trained before the outline shrink existed
     (its checkpoint has no ``shrink``) on ``val`` with today's grid, in place."""
-    import torch
-
-    if (
-        "shrink"
-        in torch.load(model, map_location="cpu", weights_only=False)["config"]["postprocess"]
-    ):
+    if "shrink" in checkpoint_config(model)["postprocess"]:
         return
     argv = ["tune", "--model", str(model), "--val", str(val), "--out", str(model), "--overwrite"]
     run([*argv, "--threads", str(threads)], log)

@@ -179,7 +179,7 @@ def instances_from_maps(
     instances = watershed(-relief, markers=markers, mask=foreground)
     if config.keep_unmarked:
         instances = _add_unmarked_components(instances, foreground)
-    instances = _shrunk(instances, config.shrink)
+    instances = shrunk_instances(instances, config.shrink)
     return _relabelled(_without_small_objects(instances, config.min_area))
 
 
@@ -239,8 +239,10 @@ def _add_unmarked_components(instances: np.ndarray, foreground: np.ndarray) -> n
     return np.where(components > 0, components + offset, instances)
 
 
-def _shrunk(instances: np.ndarray, pixels: int) -> np.ndarray:
-    """``instances`` with ``pixels`` layers taken off every object's outline."""
+def shrunk_instances(instances: np.ndarray, pixels: int) -> np.ndarray:
+    """``instances`` with ``pixels`` layers taken off every object's outline: a pixel that
+    touches (4-connected) another object or the background goes; the array's border is
+    not an outline."""
     for _ in range(pixels):
         instances = np.where(find_boundaries(instances, mode="inner"), 0, instances)
     return instances
@@ -256,4 +258,4 @@ def _relabelled(labels: np.ndarray) -> np.ndarray:
     return lookup[labels]
 
 
-__all__ = ["edge_map", "instances_from_maps", "sobel", "sobel_kernels"]
+__all__ = ["edge_map", "instances_from_maps", "shrunk_instances", "sobel", "sobel_kernels"]

@@ -131,7 +131,6 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"{done} map(s) post-processed (foreground >= {config.fg_threshold}, marker "
         f"{config.edge_threshold}, min area {config.min_area}, shrink {config.shrink}), "
-        f"{len(files) - done} already "
-        f"done; output in {args.out}"
+        f"{len(files) - done} already done; output in {args.out}"
     )
     return 0
