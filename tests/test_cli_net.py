@@ -75,3 +75,32 @@ def test_bad_init_is_one_line_and_exit_2(prepared, tiny_config, tmp_path, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"instasam: error: {bad}")
     assert not run.exists()
+
+
+def test_asking_for_a_gpu_where_there_is_none_is_one_line_and_exit_2(
+    prepared, tiny_config, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    run = tmp_path / "run"
+    assert _train(prepared, tiny_config, run, "--device", "cuda") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("instasam: error: --device: no CUDA GPU")
+    assert not (run / "model.pt").exists()
+
+
+def test_device_is_refused_for_the_sam_architecture(prepared, tmp_path, capsys):
+    argv = ["train", "--data", str(prepared / "train"), "--out", str(tmp_path / "run")]
+    assert main([*argv, "--arch", "instasam", "--device", "cpu"]) == 2
+    assert "--device: applies to --arch net only" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_on_the_gpu_matches_the_cpu_and_saves_cpu_weights(prepared, tiny_config, tmp_path):
+    for device in ("cpu", "cuda"):
+        extra = ("--device", device, "--precision", "fp32")
+        assert _train(prepared, tiny_config, tmp_path / device, *extra) == 0
+    cpu = torch.load(tmp_path / "cpu" / "model.pt", weights_only=False)
+    gpu = torch.load(tmp_path / "cuda" / "model.pt", weights_only=False)
+    for name, tensor in cpu["state"].items():
+        assert gpu["state"][name].device.type == "cpu", name
+        assert torch.allclose(tensor, gpu["state"][name], atol=1e-3), name

@@ -17,7 +17,7 @@ from instasam.pseudo_labels.refine import ignore_around_unlabelled_points
 from instasam.training import precision as precision_module
 from instasam.training.crops import LabelledTile, crop_targets, jitter_colour, training_batch
 from instasam.training.loop import learning_rate, train_net, update_ema
-from instasam.training.precision import resolve_precision
+from instasam.training.precision import resolve_device, resolve_precision
 from instasam.training.validation import ValTile
 
 TINY = NucleiNetConfig(widths=(4, 8, 16))
@@ -85,6 +85,26 @@ def test_precision_follows_the_cpu_flag_both_ways(monkeypatch):
     assert resolve_precision("auto") == "bf16"
     with pytest.raises(ValueError):
         resolve_precision("fp16")
+
+
+def test_precision_on_a_gpu_follows_the_gpu_not_the_cpu(monkeypatch):
+    monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(precision_module, "gpu_has_native_bf16", lambda: True)
+    assert resolve_precision("auto", device="cuda") == "bf16"
+    assert resolve_precision("auto", device="cpu") == "fp32"
+    monkeypatch.setattr(precision_module, "gpu_has_native_bf16", lambda: False)
+    assert resolve_precision("auto", device="cuda") == "fp32"
+
+
+def test_device_takes_a_gpu_only_where_there_is_one():
+    assert resolve_device("auto", cuda_available=True) == "cuda"
+    assert resolve_device("auto", cuda_available=False) == "cpu"
+    assert resolve_device("cpu", cuda_available=True) == "cpu"
+    assert resolve_device("cuda", cuda_available=True) == "cuda"
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        resolve_device("cuda", cuda_available=False)
+    with pytest.raises(ValueError, match="unknown device"):
+        resolve_device("tpu", cuda_available=True)
 
 
 def test_bf16_maps_agree_with_fp32():
@@ -230,6 +250,20 @@ def test_training_resumes_to_the_same_weights_and_tunes_thresholds(tmp_path):
     assert isinstance(predictor, NetPredictor)
     assert (tmp_path / "straight" / "thresholds.json").is_file()
     assert predictor.predict_instances(image).shape == labels.shape
+
+
+def test_training_with_worker_processes_is_repeatable_and_draws_other_crops(tmp_path):
+    image, labels, _ = disks()
+    tiles = [LabelledTile("a", image, labels)]
+    config = tiny_net_config()
+    for name, workers in (("one", 2), ("two", 2), ("none", 0)):
+        train_net(tiles, [], tmp_path / name, config, progress=False, workers=workers)
+    one, two, none = (
+        torch.load(tmp_path / n / "last.pt", weights_only=False)["net"]
+        for n in ("one", "two", "none")
+    )
+    assert all(torch.equal(one[k], two[k]) for k in one)
+    assert not all(torch.equal(one[k], none[k]) for k in one)
 
 
 def test_validation_chooses_a_shrink_only_for_outlines_drawn_too_large():

@@ -85,6 +85,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "network's features at 1/4 resolution (slower to predict; not what ships)",
     )
     add_precision_option(net)
+    net.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        help="auto (default): a CUDA GPU where there is one, else the CPU",
+    )
+    net.add_argument(
+        "--workers",
+        type=int,
+        help="processes drawing the training crops (default 0: the main one; a GPU needs "
+        "several to be kept busy)",
+    )
     p.add_argument("--config", type=Path, help="JSON configuration (as written to RUN/config.json)")
     p.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -120,7 +131,7 @@ def config_from_args(args: argparse.Namespace) -> InstaSAMConfig:
 # Options that mean something for one architecture only; given to the other, they would be
 # silently ignored (a user asking for 2 epochs would train 1,500 steps).
 ONLY_FOR = {
-    "net": ("steps", "init", "labels_from", "sam_fusion"),
+    "net": ("steps", "init", "labels_from", "sam_fusion", "device", "workers"),
     "instasam": ("epochs", "steps_per_epoch", "val_from_epoch", "patience"),
 }
 

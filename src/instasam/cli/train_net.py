@@ -126,7 +126,7 @@ def run_net(args: argparse.Namespace) -> int:
     from instasam.pseudo_labels.refine import ignore_around_unlabelled_points
     from instasam.training.crops import LabelledTile
     from instasam.training.loop import train_net
-    from instasam.training.precision import resolve_precision
+    from instasam.training.precision import resolve_device, resolve_precision
     from instasam.training.validation import ValTile
 
     start = None
@@ -137,11 +137,17 @@ def run_net(args: argparse.Namespace) -> int:
             config = replace(config, train=replace(config.train, lr=config.train.finetune_lr))
     if args.threads:
         torch.set_num_threads(args.threads)
-    precision = resolve_precision(config.train.precision)
+    try:
+        device = resolve_device(args.device or "auto")
+    except ValueError as exc:
+        raise InputError("--device", str(exc)) from None
+    if args.workers is not None and args.workers < 0:
+        raise InputError("--workers", f"must be 0 or more, not {args.workers}")
+    precision = resolve_precision(config.train.precision, device=device)
     print(
         f"nuclei network: {parameter_count(NucleiUNet(config.net)):,} parameters; labels: "
         f"{source}; {config.train.steps} steps x {config.train.batch_size} crops of "
-        f"{config.train.crop_size} px; {precision}; "
+        f"{config.train.crop_size} px; {device}, {precision}; "
         + (f"validation every {config.train.val_every} steps" if val_loaded else "no validation")
     )
     radius = config.train.unlabelled_point_radius
@@ -166,6 +172,8 @@ def run_net(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         init_state=start,
         embed=embed,
+        device=device,
+        workers=args.workers or 0,
     )
     best = (
         f"best val AJI {state.best_aji:.4f} at step {state.best_step}"

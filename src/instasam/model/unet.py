@@ -143,7 +143,7 @@ def save_net(path: str | os.PathLike, net: NucleiUNet, config: NetConfig, **extr
     payload = {
         "format": NET_FORMAT,
         "config": config.to_dict(),
-        "state": {k: v.detach().clone() for k, v in net.state_dict().items()},
+        "state": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
         **extra,
     }
     with atomic_path(path) as tmp:

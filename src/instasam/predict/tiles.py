@@ -167,7 +167,9 @@ def _net_maps_once(
     if net.fused:  # padded here so that the flipped passes flip image and embedding alike
         image = pad_to_multiple(image, net.multiple)
         sam = embedding_for(embed(image), *image.shape[:2])
-    rgb = image_to_tensor(image)
+    device = next(net.parameters()).device  # the network's: CPU, or a GPU it was moved to
+    rgb = image_to_tensor(image).to(device)
+    sam = sam.to(device) if sam is not None else None
     # (flip dims, sign of h, sign of v): a flip along x mirrors the horizontal map's sign.
     variants = [((), 1.0, 1.0)]
     if flips:
@@ -176,12 +178,12 @@ def _net_maps_once(
     for dims, sh, sv in variants:
         x = rgb.flip(dims) if dims else rgb
         e = sam.flip(dims) if dims and sam is not None else sam
-        with autocast(precision):
+        with autocast(precision, device.type):
             out = net.forward_any(x, e).float()
         out = out.flip(dims) if dims else out
         out = torch.cat([torch.sigmoid(out[:, :1]), out[:, 1:2] * sh, out[:, 2:3] * sv], dim=1)
         total = out if total is None else total + out
-    maps = (total / len(variants))[0, :, :h, :w].numpy()
+    maps = (total / len(variants))[0, :, :h, :w].cpu().numpy()
     return np.ascontiguousarray(maps[0]), np.ascontiguousarray(maps[1:])
 
 

@@ -1,0 +1,164 @@
+"""Does a longer schedule, a wider network or more crops per step close the Dice_obj gap?
+
+Trains the shipped recipe (``instasam train --arch net``) on fixed labels with a few
+changes of budget and shape, each a named variant, several at once, then scores every
+finished network on the test tiles with the setting chosen on the val tiles. One JSON per
+variant is written to ``--results`` (default ``benchmarks/results/schedule``); a variant
+whose JSON exists is skipped, and training resumes, so an interrupted sweep continues.
+
+On a CPU one 1,500-step variant takes ~50 min on 2 cores; on a CUDA GPU the variants run
+side by side (``--jobs``), each with ``--workers`` processes drawing its crops.
+
+    python benchmarks/schedule_sweep.py --data bench_out/k/data \\
+        --labels bench_out/paper/pseudo/monuseg_train_sam --out bench_out/sweep \\
+        --variants steps1500_seed0 steps3000_seed0 --jobs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results" / "schedule"
+
+# name -> (steps, widths or None for the recipe's, batch size or None, labels: "s" or "gt")
+VARIANTS: dict[str, tuple[int, tuple[int, ...] | None, int | None, str]] = {}
+for _seed in (0, 1):
+    VARIANTS[f"steps1500_seed{_seed}"] = (1500, None, None, "s")
+    VARIANTS[f"steps3000_seed{_seed}"] = (3000, None, None, "s")
+    VARIANTS[f"steps6000_seed{_seed}"] = (6000, None, None, "s")
+    VARIANTS[f"wide_steps1500_seed{_seed}"] = (1500, (32, 64, 128, 256), None, "s")
+    VARIANTS[f"batch16_steps1500_seed{_seed}"] = (1500, None, 16, "s")
+    VARIANTS[f"gt_steps1500_seed{_seed}"] = (1500, None, None, "gt")
+    VARIANTS[f"gt_steps3000_seed{_seed}"] = (3000, None, None, "gt")
+
+
+def seed_of(name: str) -> int:
+    return int(name.rsplit("seed", 1)[1])
+
+
+def variant_config(name: str, path: Path) -> Path:
+    """The variant's configuration file (the recipe with its widths changed)."""
+    from instasam.config import NetConfig
+
+    _, widths, _, _ = VARIANTS[name]
+    config = NetConfig()
+    if widths is not None:
+        config = replace(config, net=replace(config.net, widths=widths))
+    path.write_text(json.dumps(config.to_dict(), indent=1))
+    return path
+
+
+def train(name: str, args: argparse.Namespace) -> tuple[Path, float]:
+    steps, _, batch, labels = VARIANTS[name]
+    steps = min(steps, args.max_steps or steps)
+    run_dir = args.out / "runs" / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = variant_config(name, args.out / "runs" / f"{name}.config.json")
+    argv = [sys.executable, "-m", "instasam", "train", "--data", str(args.data / "train")]
+    argv += ["--val", str(args.data / "val"), "--out", str(run_dir), "--resume", "--quiet"]
+    argv += ["--steps", str(steps), "--seed", str(seed_of(name)), "--config", str(config)]
+    argv += ["--threads", str(args.threads), "--workers", str(args.workers)]
+    argv += ["--pseudo", "gt"] if labels == "gt" else ["--labels-from", str(args.labels)]
+    if batch:
+        argv += ["--batch-size", str(batch)]
+    started = time.perf_counter()
+    if not (run_dir / "thresholds.json").is_file():
+        with open(args.out / "runs" / f"{name}.log", "a") as log:
+            subprocess.run(argv, check=True, stdout=log, stderr=subprocess.STDOUT)
+    return run_dir, time.perf_counter() - started
+
+
+def test_scores(model: Path, test: Path, device: str) -> dict:
+    """Mean and per-tile metrics of the network's instances on the test tiles."""
+    from instasam.metrics import compute_metrics, mean_metrics
+    from instasam.predict.tiles import load_predictor
+    from instasam.training.precision import resolve_precision
+    from instasam.training.validation import val_tiles_in
+
+    predictor = load_predictor(model, precision=resolve_precision("auto", device=device))
+    predictor.net.to(device)
+    per_tile = {
+        t.stem: compute_metrics(t.labels, predictor.predict_instances(t.image))
+        for t in val_tiles_in(test)
+    }
+    return {"mean": mean_metrics(list(per_tile.values())), "per_tile": per_tile}
+
+
+def run_variant(name: str, args: argparse.Namespace) -> dict:
+    result_path = args.results / f"{name}.json"
+    if result_path.is_file():
+        return json.loads(result_path.read_text())
+    import torch
+
+    torch.set_num_threads(args.threads)
+    run_dir, wall = train(name, args)
+    history = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    payload = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=False)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    steps, widths, batch, labels = VARIANTS[name]
+    result = {
+        "variant": name,
+        "steps": min(steps, args.max_steps or steps),
+        "widths": widths,
+        "batch_size": batch,
+        "labels": labels,
+        "seed": seed_of(name),
+        "best_step": payload.get("step"),
+        "val": payload.get("val"),
+        "postprocess": payload["config"]["postprocess"],
+        "val_history": [(h["step"], h["val"]["aji"]) for h in history if "val" in h],
+        "train_seconds": history[-1]["seconds"],
+        "wall_seconds": round(wall, 1),
+        "test": test_scores(run_dir / "model.pt", args.data / "test", device),
+        "machine": f"{platform.machine()}, {device}"
+        + (f" ({torch.cuda.get_device_name()})" if device == "cuda" else "")
+        + f", {args.jobs} variant(s) at once, {args.threads} threads and {args.workers} "
+        "crop workers each",
+    }
+    args.results.mkdir(parents=True, exist_ok=True)
+    result_path.write_text(json.dumps(result, indent=1))
+    m = result["test"]["mean"]
+    print(
+        f"{name}: test Dice_obj {100 * m['dice_obj']:.1f} AJI {100 * m['aji']:.1f} "
+        f"PQ {100 * m['pq']:.1f}; val AJI {result['val']['aji']:.4f}; {wall / 60:.1f} min",
+        flush=True,
+    )
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True, help="prepared train/val/test")
+    parser.add_argument("--labels", type=Path, required=True, help="S from `instasam pseudo`")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), required=True)
+    parser.add_argument("--jobs", type=int, default=1, help="variants trained at once")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per variant")
+    parser.add_argument("--workers", type=int, default=0, help="crop workers per variant")
+    parser.add_argument("--max-steps", type=int, help="cap every variant (a check of the sweep)")
+    args = parser.parse_args(argv)
+    (args.out / "runs").mkdir(parents=True, exist_ok=True)
+    with ProcessPoolExecutor(args.jobs) as pool:
+        futures = {name: pool.submit(run_variant, name, args) for name in args.variants}
+    failed = []
+    for name, future in futures.items():
+        try:
+            future.result()
+        except Exception as exc:  # one variant's failure must not hide the others
+            failed.append(name)
+            print(f"{name}: failed ({exc})", flush=True)
+    if failed:
+        sys.exit(f"failed: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()
