@@ -266,6 +266,29 @@ def test_training_with_worker_processes_is_repeatable_and_draws_other_crops(tmp_
     assert not all(torch.equal(one[k], none[k]) for k in one)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_first_step_on_the_gpu_has_the_cpu_loss(tmp_path, monkeypatch):
+    # Only the first loss can be compared: Adam's first update is +-lr wherever a gradient
+    # is non-zero, so rounding in near-zero gradients moves weights by 2 lr afterwards.
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    image, labels, _ = disks()
+    tiles = [LabelledTile("a", image, labels)]
+    config = tiny_net_config(steps=1)
+    first = {}
+    for device in ("cpu", "cuda"):
+        record = first.setdefault(device, [])
+        train_net(
+            tiles,
+            [],
+            tmp_path / device,
+            config,
+            progress=False,
+            device=device,
+            on_step=lambda s, parts, record=record: record.append(parts["loss"]),
+        )
+    assert first["cuda"][0] == pytest.approx(first["cpu"][0], rel=1e-4)
+
+
 def test_validation_chooses_a_shrink_only_for_outlines_drawn_too_large():
     from skimage.segmentation import expand_labels
 
