@@ -102,3 +102,29 @@ def test_a_gpu_run_saves_cpu_weights_that_predict_here(prepared, tiny_config, tm
     assert all(t.device.type == "cpu" for t in state.values())
     argv = ["predict", str(prepared / "test" / "images"), "--model", str(run / "model.pt")]
     assert main([*argv, "--out", str(tmp_path / "pred")]) == 0
+
+
+def test_predict_on_a_gpu_where_there_is_none_is_one_line_and_exit_2(
+    prepared, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    argv = ["predict", str(prepared / "test" / "images"), "--out", str(tmp_path / "pred")]
+    assert main([*argv, "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("instasam: error: --device: no CUDA GPU")
+    assert not (tmp_path / "pred").exists()
+
+
+def test_an_instasam_model_is_refused_on_a_gpu(tmp_path, monkeypatch):
+    from instasam.config import InstaSAMConfig, TrainConfig
+    from instasam.errors import InputError
+    from instasam.model.instasam import build_model, save_checkpoint
+    from instasam.predict.tiles import load_predictor
+
+    path = tmp_path / "model.pt"
+    save_checkpoint(
+        path, build_model(InstaSAMConfig(train=TrainConfig(backbone="litemedsam_tiny")))
+    )
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # refused before any use
+    with pytest.raises(InputError, match="CPU only"):
+        load_predictor(path, device="cuda")

@@ -254,3 +254,27 @@ def test_default_workers_one_per_core_within_memory(cores, gib, workers):
     from instasam.cli.predict_cohort import default_workers
 
     assert default_workers(cores, gib * 1024**3) == workers
+
+
+def test_cli_asking_for_a_gpu_where_there_is_none_fails_before_any_cluster_starts(
+    slides, tmp_path, capsys, monkeypatch
+):
+    import torch
+
+    from instasam.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    argv = [str(slides[0].path), "--out", str(tmp_path / "out"), "--device", "cuda"]
+    assert main(["predict-cohort", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("instasam: error: --device: no CUDA GPU")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_worker_applies_the_overrides_to_the_model_it_loads():
+    from instasam.predict.cohort import ModelSpec
+    from instasam.pretrained import resolve_model
+
+    spec = ModelSpec(str(resolve_model("monuseg-points")), postprocess=(("shrink", 2),))
+    plain = ModelSpec(str(resolve_model("monuseg-points")))()
+    assert spec().postprocess.shrink == 2 and plain.postprocess.shrink != 2

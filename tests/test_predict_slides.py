@@ -623,3 +623,66 @@ def test_real_model_on_a_real_tile_keeps_each_nucleus_once(monuseg_root, tmp_pat
     else:  # 256 px tiles change the segmentation throughout (see the README)
         assert abs(len(features) - n_whole) <= 0.1 * n_whole
         assert agreement["f1"] > 0.85
+
+
+# --- post-processing overrides and the device --------------------------------------------
+def _sample_slide(tmp_path: Path) -> Path:
+    """The bundled sample's test crop (real H&E, 40x) as a one-level slide."""
+    from instasam.cli.demo import sample_dir
+    from instasam.io.images import read_rgb
+
+    rgb = read_rgb(sample_dir() / "images" / "TCGA-E2-A1B5-01Z-00-DX1_y400_x500.tif")
+    slide = tmp_path / "sample.tif"
+    write_pyramid(slide, rgb, levels=1)
+    return slide
+
+
+def _areas(table: Path) -> np.ndarray:
+    import csv
+
+    with open(table, newline="", encoding="utf-8") as fh:
+        return np.array([float(row["Area px^2"]) for row in csv.DictReader(fh)])
+
+
+def test_cli_applies_the_post_processing_overrides_to_a_slide(tmp_path, capsys):
+    import torch
+
+    slide = _sample_slide(tmp_path)
+    areas = {}
+    threads = torch.get_num_threads()
+    try:
+        for name, extra in (("model", []), ("shrunk", ["--shrink", "3", "--min-area", "5"])):
+            out, table = tmp_path / f"{name}.geojson", tmp_path / f"{name}.csv"
+            argv = ["predict-wsi", str(slide), "--out", str(out), "--table", str(table)]
+            assert main([*argv, "--threads", "1", *extra]) == 0, capsys.readouterr().err
+            areas[name] = _areas(table)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(areas["model"]) > 20  # the shipped model finds the sample's nuclei
+    # Three pixels off every outline: each nucleus loses most of a 20-px disk's rim.
+    assert np.median(areas["shrunk"]) < 0.75 * np.median(areas["model"])
+
+
+def test_overrides_enter_the_fingerprint_that_a_resume_is_checked_against(tmp_path):
+    from instasam.cli.predict_wsi import model_fingerprint
+
+    model = tmp_path / "m.pt"
+    model.write_bytes(b"x")
+    plain = model_fingerprint(model)
+    assert set(plain) == {"model", "bytes", "mtime"}  # as runs before the option wrote it
+    assert model_fingerprint(model, {}) == plain
+    shrunk = model_fingerprint(model, {"shrink": 1})
+    assert shrunk != plain and shrunk != model_fingerprint(model, {"shrink": 2})
+
+
+def test_cli_asking_for_a_gpu_where_there_is_none_fails_before_the_work(
+    synthetic, tmp_path, capsys, monkeypatch
+):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    path, _ = synthetic
+    status, err = run_cli(
+        capsys, str(path), "--out", str(tmp_path / "out.geojson"), "--device", "cuda"
+    )
+    assert_clean_failure(status, err, tmp_path, "--device", "no CUDA GPU")

@@ -84,15 +84,20 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-def with_thresholds(config: PostprocessConfig, args: argparse.Namespace) -> PostprocessConfig:
-    """``config`` with the thresholds given on the command line applied."""
+def threshold_overrides(args: argparse.Namespace) -> dict[str, float]:
+    """The post-processing settings given on the command line (none: the model's)."""
     given = {
         "fg_threshold": args.fg_threshold,
         "edge_threshold": args.edge_threshold,
         "min_area": args.min_area,
         "shrink": args.shrink,
     }
-    return replace(config, **{k: v for k, v in given.items() if v is not None})
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def with_thresholds(config: PostprocessConfig, args: argparse.Namespace) -> PostprocessConfig:
+    """``config`` with the thresholds given on the command line applied."""
+    return replace(config, **threshold_overrides(args))
 
 
 def postprocess_config(args: argparse.Namespace) -> PostprocessConfig:

@@ -66,8 +66,16 @@ def add_precision_option(p: argparse.ArgumentParser | argparse._ArgumentGroup) -
 
 
 def add_speed_options(p: argparse.ArgumentParser) -> None:
-    """Arithmetic and test-time augmentation of the nuclei network (shared with predict-wsi)."""
+    """Hardware, arithmetic and test-time augmentation of the nuclei network (shared with
+    predict-wsi and predict-cohort)."""
     add_precision_option(p)
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="cpu",
+        help="where the nuclei network runs: cpu (default), cuda, or auto (a CUDA GPU where "
+        "there is one); post-processing stays on the CPU",
+    )
     p.add_argument(
         "--flips",
         action="store_true",
@@ -140,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
         backbone_checkpoint=args.sam_checkpoint,
         precision=args.precision,
         flips=args.flips,
+        device=args.device,
     )
     model = getattr(predictor, "model", None)
     if model is not None and not model.backbone.pretrained:

@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from instasam.cli.postprocess import threshold_overrides
 from instasam.cli.predict_wsi import add_slide_options, model_fingerprint, slide_config
 
 
@@ -90,10 +91,24 @@ def run(args: argparse.Namespace) -> int:
     model_path = resolve_model(args.model)
     if not model_path.is_file():
         raise InputError(model_path, "model file not found")
+    from instasam.training.precision import resolve_device
+
+    try:  # every worker would fail on each of its slides
+        resolve_device(args.device)
+    except ValueError as exc:
+        raise InputError("--device", str(exc)) from None
     cores = os.cpu_count() or 1
     workers = args.workers or default_workers(cores)
     threads = args.threads_per_worker or (1 if args.scheduler else max(1, cores // workers))
-    spec = ModelSpec(str(model_path.resolve()), args.precision, args.flips, threads)
+    overrides = threshold_overrides(args)
+    spec = ModelSpec(
+        str(model_path.resolve()),
+        args.precision,
+        args.flips,
+        threads,
+        device=args.device,
+        postprocess=tuple(sorted(overrides.items())),
+    )
 
     from distributed import Client, LocalCluster
 
@@ -122,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
             config,
             resume=not args.no_resume,
             tiles_per_task=args.tiles_per_task,
-            fingerprint=model_fingerprint(model_path),
+            fingerprint=model_fingerprint(model_path, overrides),
         )
     finally:
         client.close()

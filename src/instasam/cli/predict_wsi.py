@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from instasam.cli.postprocess import add_threshold_options, threshold_overrides, with_thresholds
 from instasam.cli.predict import add_speed_options
 
 if TYPE_CHECKING:
@@ -92,6 +93,7 @@ def add_slide_options(p: argparse.ArgumentParser) -> None:
         "(about 0.6 s less per 1000x1000 tile)",
     )
     add_speed_options(p)
+    add_threshold_options(p)
 
 
 def slide_config(args: argparse.Namespace) -> SlidePredictConfig:
@@ -108,10 +110,15 @@ def slide_config(args: argparse.Namespace) -> SlidePredictConfig:
     )
 
 
-def model_fingerprint(path: Path) -> dict[str, Any]:
-    """What a resumed run checks the model file against: name, size and time."""
+def model_fingerprint(path: Path, overrides: dict[str, float] | None = None) -> dict[str, Any]:
+    """What a resumed run checks the model against: the file's name, size and time, and
+    the post-processing settings given on the command line, if any."""
     stat = path.stat()
-    return {"model": path.name, "bytes": stat.st_size, "mtime": stat.st_mtime}
+    fingerprint: dict[str, Any] = {"model": path.name, "bytes": stat.st_size}
+    fingerprint["mtime"] = stat.st_mtime
+    if overrides:
+        fingerprint["postprocess"] = dict(sorted(overrides.items()))
+    return fingerprint
 
 
 def run(args: argparse.Namespace) -> int:
@@ -154,7 +161,10 @@ def run(args: argparse.Namespace) -> int:
         if not model_path.is_file():
             raise InputError(model_path, "model file not found")
 
-        predictor = load_predictor(model_path, precision=args.precision, flips=args.flips)
+        predictor = load_predictor(
+            model_path, precision=args.precision, flips=args.flips, device=args.device
+        )
+        predictor.postprocess = with_thresholds(predictor.postprocess, args)
         result = predict_slide(
             slide,
             predictor,
@@ -163,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
             resume=not args.no_resume,
             points=points,
             tissue=tissue,
-            fingerprint=model_fingerprint(model_path),
+            fingerprint=model_fingerprint(model_path, threshold_overrides(args)),
             points_name=str(args.points),
             table=args.table,
         )

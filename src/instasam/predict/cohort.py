@@ -34,7 +34,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +106,9 @@ class ModelSpec:
     precision: str = "auto"
     flips: bool = False
     threads: int = 1  # torch threads per worker; workers x threads should not exceed the cores
+    device: str = "cpu"
+    # Post-processing settings that replace the model's, as (name, value) pairs.
+    postprocess: tuple[tuple[str, float], ...] = ()
 
     def __call__(self) -> InstancePredictor:
         import torch
@@ -113,7 +116,11 @@ class ModelSpec:
         from instasam.predict.tiles import load_predictor
 
         torch.set_num_threads(self.threads)
-        return load_predictor(self.model, precision=self.precision, flips=self.flips)
+        predictor = load_predictor(
+            self.model, precision=self.precision, flips=self.flips, device=self.device
+        )
+        predictor.postprocess = replace(predictor.postprocess, **dict(self.postprocess))
+        return predictor
 
 
 @dataclass

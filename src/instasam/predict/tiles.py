@@ -16,13 +16,14 @@ import torch
 from tqdm.auto import tqdm
 
 from instasam.config import PostprocessConfig, PredictConfig
+from instasam.errors import InputError
 from instasam.model.instasam import InstaSAM, image_to_tensor, load_model, load_payload
 from instasam.model.sam_embedding import Embed, embedding_for
 from instasam.model.unet import NucleiUNet, is_net_checkpoint, net_from_payload
 from instasam.postprocess import instances_from_maps
 from instasam.pretrained import resolve_model
 from instasam.tiling import pad_to, pad_to_multiple, windows
-from instasam.training.precision import autocast, resolve_precision
+from instasam.training.precision import autocast, resolve_device, resolve_precision
 
 
 @torch.no_grad()
@@ -88,14 +89,24 @@ def load_predictor(
     backbone_checkpoint: str | None = None,
     precision: str = "auto",
     flips: bool = False,
+    device: str = "cpu",
 ) -> ModelPredictor | NetPredictor:
     """Load a model as a predictor: a shipped model's name, a nuclei network's or an
-    InstaSAM run's ``model.pt``. Settings default to those saved with the model."""
+    InstaSAM run's ``model.pt``. Settings default to those saved with the model.
+
+    ``device`` (``"cpu"``, ``"cuda"`` or ``"auto"``) is where a nuclei network runs; the
+    paper's InstaSAM models run on the CPU only.
+    """
     path = resolve_model(path)
+    try:
+        device = resolve_device(device)
+    except ValueError as exc:
+        raise InputError("--device", str(exc)) from None
     payload = load_payload(path)
     if is_net_checkpoint(payload):
         net, net_config = net_from_payload(payload, path)
-        chosen = resolve_precision(precision)
+        net.to(device)
+        chosen = resolve_precision(precision, device=device)
         embed = None
         if net_config.net.sam_backbone is not None:
             from instasam.model.sam_embedding import SamEmbedder
@@ -109,6 +120,8 @@ def load_predictor(
             flips=flips,
             embed=embed,
         )
+    if device != "cpu":
+        raise InputError(path, "an InstaSAM (--arch instasam) model runs on the CPU only")
     model = load_model(path, backbone_checkpoint=backbone_checkpoint, payload=payload)
     return ModelPredictor(
         model=model,
