@@ -145,6 +145,17 @@ def _case_train_init_instasam_run(t):
     return argv, t / "m.pt"
 
 
+def _case_train_negative_workers(t):
+    data = _data(t / "data")
+    return ["train", "--data", str(data), "--out", str(t / "out"), "--workers", "-1"], "--workers"
+
+
+def _case_train_device_for_instasam(t):
+    data = _data(t / "data")
+    argv = ["train", "--data", str(data), "--out", str(t / "out"), "--arch", "instasam"]
+    return [*argv, "--device", "cpu"], "--device"
+
+
 def _case_train_sam_fusion_backbone(t):
     data = _data(t / "data")
     argv = ["train", "--data", str(data), "--out", str(t / "out"), "--sam-fusion"]
@@ -278,6 +289,8 @@ CASES = {
     ("train", "--sam-fusion with a backbone it cannot read whole tiles with"): (
         _case_train_sam_fusion_backbone
     ),
+    ("train", "--workers below 0"): _case_train_negative_workers,
+    ("train", "--device with --arch instasam"): _case_train_device_for_instasam,
     ("train", "--init file missing"): _case_train_init_missing,
     ("train", "--init not a checkpoint"): _case_train_init_not_checkpoint,
     ("train", "--init an InstaSAM (not nuclei-network) run"): _case_train_init_instasam_run,

@@ -88,12 +88,6 @@ def test_asking_for_a_gpu_where_there_is_none_is_one_line_and_exit_2(
     assert not (run / "model.pt").exists()
 
 
-def test_device_is_refused_for_the_sam_architecture(prepared, tmp_path, capsys):
-    argv = ["train", "--data", str(prepared / "train"), "--out", str(tmp_path / "run")]
-    assert main([*argv, "--arch", "instasam", "--device", "cpu"]) == 2
-    assert "--device: applies to --arch net only" in capsys.readouterr().err
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_a_gpu_run_saves_cpu_weights_that_predict_here(prepared, tiny_config, tmp_path):
     run = tmp_path / "cuda"
