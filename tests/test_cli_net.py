@@ -42,6 +42,7 @@ def test_train_net_then_predict_with_it(prepared, tiny_config, capsys):
     assert record["sha256"] == hashlib.sha256((run / "model.pt").read_bytes()).hexdigest()
     assert record["postprocess"]["fg_threshold"] == 0.6  # what was used, not the default
     assert record["precision"] == "fp32" and record["flips"] is False
+    assert record["device"] == "cpu"
 
 
 def test_fine_tuning_starts_from_the_given_weights_and_shape(prepared, tiny_config, tmp_path):

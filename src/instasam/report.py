@@ -294,6 +294,7 @@ def _provenance(pred_dir: str | os.PathLike) -> str:
             + (f", shrink {post['shrink']} px" if post.get("shrink") else "")
             + f"; precision {html.escape(str(record['precision']))}"
             + ("; four flips averaged" if record.get("flips") else "")
+            + (" on a GPU" if record.get("device") == "cuda" else "")
             + f"; instasam {html.escape(str(record.get('instasam', '?')))}."
         )
     except (OSError, ValueError, KeyError, TypeError):

@@ -117,6 +117,7 @@ def prediction_record(args: argparse.Namespace, predictor) -> dict:
         "postprocess": asdict(predictor.postprocess),
         "precision": getattr(predictor, "precision", "fp32"),
         "flips": bool(getattr(predictor, "flips", False)),
+        "device": getattr(predictor, "device", "cpu"),
         "instasam": __version__,
     }
 

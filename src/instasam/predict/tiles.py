@@ -211,6 +211,11 @@ class NetPredictor:
     flips: bool = False
     embed: Embed | None = None  # the fused network's SAM embedding
 
+    @property
+    def device(self) -> str:
+        """Where the network runs: ``"cpu"`` or ``"cuda"``."""
+        return next(self.net.parameters()).device.type
+
     def predict_maps(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return predict_net_maps(self.net, image, self.precision, self.flips, embed=self.embed)
 
