@@ -1,4 +1,4 @@
-"""Does a longer schedule, a wider network or more crops per step close the Dice_obj gap?
+"""Variants of the shipped recipe (budget, shape, labels), trained side by side and scored.
 
 Trains the shipped recipe (``instasam train --arch net``) on fixed labels with a few
 changes of budget and shape, each a named variant, several at once, then scores every
@@ -23,21 +23,31 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results" / "schedule"
 
-# name -> (steps, widths or None for the recipe's, batch size or None, labels: "s" or "gt")
-VARIANTS: dict[str, tuple[int, tuple[int, ...] | None, int | None, str]] = {}
+
+@dataclass(frozen=True)
+class Variant:
+    steps: int = 1500
+    widths: tuple[int, ...] | None = None  # None: the recipe's
+    batch_size: int | None = None  # None: the recipe's
+    labels: str = "s"  # "s" (--labels) or "gt"
+    fill: float = 0.0  # NetTrainConfig.unlabelled_point_fill
+
+
+VARIANTS: dict[str, Variant] = {}
 for _seed in (0, 1):
-    VARIANTS[f"steps1500_seed{_seed}"] = (1500, None, None, "s")
-    VARIANTS[f"steps3000_seed{_seed}"] = (3000, None, None, "s")
-    VARIANTS[f"steps6000_seed{_seed}"] = (6000, None, None, "s")
-    VARIANTS[f"wide_steps1500_seed{_seed}"] = (1500, (32, 64, 128, 256), None, "s")
-    VARIANTS[f"batch16_steps1500_seed{_seed}"] = (1500, None, 16, "s")
-    VARIANTS[f"gt_steps1500_seed{_seed}"] = (1500, None, None, "gt")
-    VARIANTS[f"gt_steps3000_seed{_seed}"] = (3000, None, None, "gt")
+    VARIANTS[f"steps1500_seed{_seed}"] = Variant()
+    VARIANTS[f"steps3000_seed{_seed}"] = Variant(steps=3000)
+    VARIANTS[f"steps6000_seed{_seed}"] = Variant(steps=6000)
+    VARIANTS[f"wide_steps1500_seed{_seed}"] = Variant(widths=(32, 64, 128, 256))
+    VARIANTS[f"batch16_steps1500_seed{_seed}"] = Variant(batch_size=16)
+    VARIANTS[f"gt_steps1500_seed{_seed}"] = Variant(labels="gt")
+    VARIANTS[f"gt_steps3000_seed{_seed}"] = Variant(steps=3000, labels="gt")
+    VARIANTS[f"fill5_steps1500_seed{_seed}"] = Variant(fill=5.0)
 
 
 def seed_of(name: str) -> int:
@@ -45,20 +55,21 @@ def seed_of(name: str) -> int:
 
 
 def variant_config(name: str, path: Path) -> Path:
-    """The variant's configuration file (the recipe with its widths changed)."""
+    """The variant's configuration file (the recipe with its widths and fill changed)."""
     from instasam.config import NetConfig
 
-    _, widths, _, _ = VARIANTS[name]
+    variant = VARIANTS[name]
     config = NetConfig()
-    if widths is not None:
-        config = replace(config, net=replace(config.net, widths=widths))
+    if variant.widths is not None:
+        config = replace(config, net=replace(config.net, widths=variant.widths))
+    config = replace(config, train=replace(config.train, unlabelled_point_fill=variant.fill))
     path.write_text(json.dumps(config.to_dict(), indent=1))
     return path
 
 
 def train(name: str, args: argparse.Namespace) -> tuple[Path, float]:
-    steps, _, batch, labels = VARIANTS[name]
-    steps = min(steps, args.max_steps or steps)
+    variant = VARIANTS[name]
+    steps = min(variant.steps, args.max_steps or variant.steps)
     run_dir = args.out / "runs" / name
     run_dir.mkdir(parents=True, exist_ok=True)
     config = variant_config(name, args.out / "runs" / f"{name}.config.json")
@@ -66,9 +77,9 @@ def train(name: str, args: argparse.Namespace) -> tuple[Path, float]:
     argv += ["--val", str(args.data / "val"), "--out", str(run_dir), "--resume", "--quiet"]
     argv += ["--steps", str(steps), "--seed", str(seed_of(name)), "--config", str(config)]
     argv += ["--threads", str(args.threads), "--workers", str(args.workers)]
-    argv += ["--pseudo", "gt"] if labels == "gt" else ["--labels-from", str(args.labels)]
-    if batch:
-        argv += ["--batch-size", str(batch)]
+    argv += ["--pseudo", "gt"] if variant.labels == "gt" else ["--labels-from", str(args.labels)]
+    if variant.batch_size:
+        argv += ["--batch-size", str(variant.batch_size)]
     started = time.perf_counter()
     if not (run_dir / "thresholds.json").is_file():
         with open(args.out / "runs" / f"{name}.log", "a") as log:
@@ -103,13 +114,11 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
     history = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     payload = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=False)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    steps, widths, batch, labels = VARIANTS[name]
+    variant = VARIANTS[name]
     result = {
         "variant": name,
-        "steps": min(steps, args.max_steps or steps),
-        "widths": widths,
-        "batch_size": batch,
-        "labels": labels,
+        **asdict(variant),
+        "steps": min(variant.steps, args.max_steps or variant.steps),
         "seed": seed_of(name),
         "best_step": payload.get("step"),
         "val": payload.get("val"),

@@ -157,6 +157,22 @@ def test_unlabelled_points_get_an_ignored_disk_and_labelled_ones_do_not():
     assert out[5, 35] == 0
 
 
+def test_a_filled_disk_teaches_the_centre_of_an_unlabelled_nucleus():
+    labels = np.zeros((40, 40), dtype=np.int32)
+    labels[5:10, 5:10] = 1  # point 1's nucleus is labelled
+    labels[20:24, 28:32] = 7  # another nucleus beside point 2's
+    labels[24, 20] = IGNORE  # an ignored pixel inside the fill is filled too
+    points = np.array([[7.0, 7.0], [25.0, 22.0], [21.0, 35.0]])
+    out = ignore_around_unlabelled_points(labels, points, radius=6, fill_radius=2)
+    assert out[22, 25] == 2 and out[22, 23] == 2 and out[24, 25] == 2  # point 2's disk
+    assert out[22, 22] == IGNORE and out[17, 25] == IGNORE  # the ring beyond it
+    assert (out[20:24, 28:32] == 7).all() and (out[5:10, 5:10] == 1).all()
+    assert out[35, 21] == 3 and out[33, 21] == 3  # point 3's disk gets id 3
+    assert (out == 2).sum() == 13  # a radius-2 disk: 13 pixels
+    same = ignore_around_unlabelled_points(labels, points, radius=6)
+    assert not (same == 2).any() and same[22, 25] == IGNORE
+
+
 def test_targets_carry_no_weight_on_ignored_pixels():
     labels = np.zeros((20, 20), dtype=np.int32)
     labels[5:12, 5:12] = 1

@@ -251,6 +251,9 @@ class NetTrainConfig:
     # A point whose nucleus S left unlabelled says there IS a nucleus there: its
     # neighbourhood (this radius, px) is ignored instead of taught as background.
     unlabelled_point_radius: float = 8.0
+    # With a radius > 0, a disk that big at such a point is taught as its nucleus (the rest
+    # of the ignored disk stays ignored); 0: the point's neighbourhood is only ignored.
+    unlabelled_point_fill: float = 0.0
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 where the CPU has it
     seed: int = 0
     mpp: float | None = 0.25  # microns per pixel of the training images (MoNuSeg, 40x)

@@ -150,9 +150,11 @@ def run_net(args: argparse.Namespace) -> int:
         f"{config.train.crop_size} px; {device}, {precision}; "
         + (f"validation every {config.train.val_every} steps" if val_loaded else "no validation")
     )
-    radius = config.train.unlabelled_point_radius
+    radius, fill = config.train.unlabelled_point_radius, config.train.unlabelled_point_fill
     tiles = [
-        LabelledTile(s.stem, s.image, ignore_around_unlabelled_points(labels, s.points, radius))
+        LabelledTile(
+            s.stem, s.image, ignore_around_unlabelled_points(labels, s.points, radius, fill)
+        )
         for s, labels in zip(loaded, fixed_labels(args, loaded, source), strict=True)
     ]
     embed = None
