@@ -65,16 +65,22 @@ def add_precision_option(p: argparse.ArgumentParser | argparse._ArgumentGroup) -
     )
 
 
+def add_device_option(
+    p: argparse.ArgumentParser | argparse._ArgumentGroup, default: str | None, text: str
+) -> None:
+    """Where the nuclei network runs (predict, predict-wsi, predict-cohort, train)."""
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=default, help=text)
+
+
 def add_speed_options(p: argparse.ArgumentParser) -> None:
     """Hardware, arithmetic and test-time augmentation of the nuclei network (shared with
     predict-wsi and predict-cohort)."""
     add_precision_option(p)
-    p.add_argument(
-        "--device",
-        choices=("auto", "cpu", "cuda"),
-        default="cpu",
-        help="where the nuclei network runs: cpu (default), cuda, or auto (a CUDA GPU where "
-        "there is one); post-processing stays on the CPU",
+    add_device_option(
+        p,
+        "cpu",
+        "where the nuclei network runs: cpu (default), cuda, or auto (a CUDA GPU where there "
+        "is one); post-processing stays on the CPU",
     )
     p.add_argument(
         "--flips",

@@ -13,7 +13,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from instasam.cli.predict import add_precision_option
+from instasam.cli.predict import add_device_option, add_precision_option
 from instasam.config import InstaSAMConfig
 from instasam.errors import InputError
 
@@ -85,11 +85,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "network's features at 1/4 resolution (slower to predict; not what ships)",
     )
     add_precision_option(net)
-    net.add_argument(
-        "--device",
-        choices=("auto", "cpu", "cuda"),
-        help="auto (default): a CUDA GPU where there is one, else the CPU",
-    )
+    add_device_option(net, None, "auto (default): a CUDA GPU where there is one, else the CPU")
     net.add_argument(
         "--workers",
         type=int,

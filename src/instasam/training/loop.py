@@ -126,9 +126,14 @@ class _WorkerBatches(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         worker = info.id if info is not None else 0
         rng = np.random.default_rng([self.config.train.seed, self.start, worker])
-        c = self.config
-        while True:
-            yield training_batch(self.tiles, c.train, c.augment, c.targets.hv_scaling, rng)
+        yield from _endless_batches(self.tiles, self.config, rng)
+
+
+def _endless_batches(
+    tiles: list[LabelledTile], config: NetConfig, rng: np.random.Generator
+) -> Iterator[Batch]:
+    while True:
+        yield training_batch(tiles, config.train, config.augment, config.targets.hv_scaling, rng)
 
 
 def _as_drawn(batch: Batch) -> Batch:
@@ -148,9 +153,7 @@ def training_batches(
     small part of a step, but it would leave a GPU idle most of the time.
     """
     if workers <= 0:
-        c = config
-        while True:
-            yield training_batch(tiles, c.train, c.augment, c.targets.hv_scaling, rng)
+        yield from _endless_batches(tiles, config, rng)
     loader = torch.utils.data.DataLoader(
         _WorkerBatches(tiles, config, start),
         batch_size=None,
