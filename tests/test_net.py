@@ -11,6 +11,7 @@ import torch
 
 from instasam import IGNORE
 from instasam.config import NetConfig, NucleiNetConfig
+from instasam.errors import InputError
 from instasam.model.unet import NucleiUNet, net_from_payload, save_net
 from instasam.predict.tiles import NetPredictor, load_predictor, predict_net_maps
 from instasam.pseudo_labels.refine import ignore_around_unlabelled_points
@@ -101,9 +102,9 @@ def test_device_takes_a_gpu_only_where_there_is_one():
     assert resolve_device("auto", cuda_available=False) == "cpu"
     assert resolve_device("cpu", cuda_available=True) == "cpu"
     assert resolve_device("cuda", cuda_available=True) == "cuda"
-    with pytest.raises(ValueError, match="no CUDA GPU"):
+    with pytest.raises(InputError, match=r"^--device: no CUDA GPU"):
         resolve_device("cuda", cuda_available=False)
-    with pytest.raises(ValueError, match="unknown device"):
+    with pytest.raises(InputError, match=r"^--device: unknown device"):
         resolve_device("tpu", cuda_available=True)
 
 

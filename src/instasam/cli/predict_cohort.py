@@ -93,10 +93,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(model_path, "model file not found")
     from instasam.training.precision import resolve_device
 
-    try:  # every worker would fail on each of its slides
-        resolve_device(args.device)
-    except ValueError as exc:
-        raise InputError("--device", str(exc)) from None
+    resolve_device(args.device)  # here, not in every worker on each of its slides
     cores = os.cpu_count() or 1
     workers = args.workers or default_workers(cores)
     threads = args.threads_per_worker or (1 if args.scheduler else max(1, cores // workers))

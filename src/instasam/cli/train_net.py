@@ -137,10 +137,7 @@ def run_net(args: argparse.Namespace) -> int:
             config = replace(config, train=replace(config.train, lr=config.train.finetune_lr))
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        device = resolve_device(args.device or "auto")
-    except ValueError as exc:
-        raise InputError("--device", str(exc)) from None
+    device = resolve_device(args.device or "auto")
     if args.workers is not None and args.workers < 0:
         raise InputError("--workers", f"must be 0 or more, not {args.workers}")
     precision = resolve_precision(config.train.precision, device=device)

@@ -98,10 +98,7 @@ def load_predictor(
     paper's InstaSAM models run on the CPU only.
     """
     path = resolve_model(path)
-    try:
-        device = resolve_device(device)
-    except ValueError as exc:
-        raise InputError("--device", str(exc)) from None
+    device = resolve_device(device)
     payload = load_payload(path)
     if is_net_checkpoint(payload):
         net, net_config = net_from_payload(payload, path)

@@ -15,17 +15,23 @@ from typing import Literal
 
 import torch
 
+from instasam.errors import InputError
+
 Precision = Literal["auto", "fp32", "bf16"]
 Device = Literal["auto", "cpu", "cuda"]
 
 
 def resolve_device(choice: str, cuda_available: bool | None = None) -> str:
-    """``"cuda"`` or ``"cpu"`` for a user's ``choice``; auto takes a GPU where there is one."""
+    """``"cuda"`` or ``"cpu"`` for a user's ``choice``; auto takes a GPU where there is one.
+
+    A choice this machine cannot honour is an :class:`InputError` naming ``--device``, so
+    every command reports it in the same one line.
+    """
     if choice not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"unknown device {choice!r} (auto, cpu or cuda)")
+        raise InputError("--device", f"unknown device {choice!r} (auto, cpu or cuda)")
     available = torch.cuda.is_available() if cuda_available is None else cuda_available
     if choice == "cuda" and not available:
-        raise ValueError("no CUDA GPU is available here (use --device cpu)")
+        raise InputError("--device", "no CUDA GPU is available here (use --device cpu)")
     if choice != "auto":
         return choice
     return "cuda" if available else "cpu"
