@@ -88,14 +88,16 @@ def train(name: str, args: argparse.Namespace) -> tuple[Path, float]:
 
 
 def test_scores(model: Path, test: Path, device: str) -> dict:
-    """Mean and per-tile metrics of the network's instances on the test tiles."""
+    """Mean and per-tile metrics of the network's instances on the test tiles: the same
+    predictor and metrics as ``instasam predict`` + ``instasam evaluate``, without the
+    files in between."""
     from instasam.metrics import compute_metrics, mean_metrics
     from instasam.predict.tiles import load_predictor
     from instasam.training.precision import resolve_precision
     from instasam.training.validation import val_tiles_in
 
-    predictor = load_predictor(model, precision=resolve_precision("auto", device=device))
-    predictor.net.to(device)
+    chosen = resolve_precision("auto", device=device)
+    predictor = load_predictor(model, precision=chosen, device=device)
     per_tile = {
         t.stem: compute_metrics(t.labels, predictor.predict_instances(t.image))
         for t in val_tiles_in(test)
