@@ -13,6 +13,12 @@ written to ``benchmarks/results/net/<labels>_seed<seed>.json`` (``fused_...`` wi
 
     python benchmarks/kumar_net.py --labels sam --seed 0 --out bench_out/k
     python benchmarks/kumar_net.py --labels sam --seed 0 --sam-fusion --out bench_out/k
+    python benchmarks/kumar_net.py --labels sam --seed 1 --refit monuseg-points --out bench_out/k
+
+``--refit MODEL`` is the usual last step once validation has done its work: the same recipe
+trained on all 16 training tiles (train 12 + val 4) for the recipe's steps, with no
+validation, keeping the post-processing that validation chose for MODEL (a shipped model's
+name or a model.pt); the row is ``<labels>_seed<seed>_refit``.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import argparse
 import json
 import platform
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -40,6 +47,31 @@ def prepare(src: Path, data: Path, log: list[dict]) -> None:
             run([*argv, "--split", str(split), "--subset", subset], log)
 
 
+def prepare_trainval(src: Path, data: Path, log: list[dict]) -> Path:
+    """The 12 training and 4 validation tiles prepared as one folder, ``data/trainval``."""
+    folder = data / "trainval"
+    if not (folder / "points").is_dir():
+        split = json.loads((src / "splits" / "kumar_16_14.json").read_text())
+        merged = data / "split_trainval.json"
+        write_text_atomic(merged, json.dumps({"trainval": split["train"] + split["val"]}))
+        argv = ["prepare", "monuseg", str(src / "train"), str(folder), "--split", str(merged)]
+        run([*argv, "--subset", "trainval"], log)
+    return folder
+
+
+def refit_config(model: str, seed: int, out: Path) -> Path:
+    """A training configuration whose post-processing is the one chosen for ``model``."""
+    from instasam.config import NetConfig
+    from instasam.pretrained import resolve_model
+
+    payload = torch.load(resolve_model(model), map_location="cpu", weights_only=False)
+    chosen = NetConfig.from_dict(payload["config"]).postprocess
+    config = replace(NetConfig(), postprocess=chosen)
+    config = replace(config, train=replace(config.train, seed=seed))
+    write_text_atomic(out, json.dumps(config.to_dict(), indent=1))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--monuseg", type=Path, default=Path("../shared/data/monuseg"))
@@ -55,7 +87,14 @@ def main() -> None:
     parser.add_argument(
         "--sam-fusion", action="store_true", help="the fused design (train --sam-fusion)"
     )
+    parser.add_argument(
+        "--refit",
+        metavar="MODEL",
+        help="train on train + val with MODEL's chosen post-processing, no validation",
+    )
     args = parser.parse_args()
+    if args.refit and (args.labels == "model" or args.sam_fusion):
+        parser.error("--refit takes --labels sam, cv or gt without --sam-fusion")
     torch.set_num_threads(args.threads)
     log: list[dict] = []
     data = args.out / "data"
@@ -65,9 +104,17 @@ def main() -> None:
         name = f"model_{args.teacher}_seed{args.seed}"
     if args.sam_fusion:
         name = f"fused_{name}"
+    train_data = data / "train"
+    if args.refit:
+        name, train_data = f"{name}_refit", prepare_trainval(args.monuseg, data, log)
     run_dir, pred = args.out / "runs" / name, args.out / "pred" / name
-    train = ["train", "--data", str(data / "train"), "--val", str(data / "val")]
-    train += ["--out", str(run_dir), "--seed", str(args.seed), "--resume", "--quiet"]
+    train = ["train", "--data", str(train_data), "--out", str(run_dir)]
+    train += ["--seed", str(args.seed), "--resume", "--quiet"]
+    if args.refit:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        train += ["--config", str(refit_config(args.refit, args.seed, run_dir / "refit.json"))]
+    else:
+        train += ["--val", str(data / "val")]
     if args.steps:
         train += ["--steps", str(args.steps)]
     if args.sam_fusion:
@@ -85,11 +132,11 @@ def main() -> None:
             run([*pseudo, "--flips", "--threads", str(args.threads)], log)
         train += ["--labels-from", str(labels)]
     else:
-        labels = args.out / f"pseudo_{args.labels}"
-        pseudo = ["pseudo", "--data", str(data / "train"), "--out", str(labels)]
+        labels = args.out / (f"pseudo_{args.labels}" + ("_trainval" if args.refit else ""))
+        pseudo = ["pseudo", "--data", str(train_data), "--out", str(labels)]
         run([*pseudo, "--source", args.labels, "--threads", str(args.threads)], log)
         train += ["--pseudo", args.labels, "--labels-from", str(labels)]
-    if not (run_dir / "thresholds.json").is_file():
+    if not (run_dir / ("model.pt" if args.refit else "thresholds.json")).is_file():
         run(train, log)
     predict = ["predict", str(data / "test" / "images"), "--model", str(run_dir / "model.pt")]
     predict += ["--out", str(pred), "--save-maps"] + (["--flips"] if args.flips else [])
@@ -117,6 +164,8 @@ def main() -> None:
         "teacher": args.teacher if args.labels == "model" else None,
         "seed": args.seed,
         "sam_fusion": args.sam_fusion,
+        "refit_postprocess_from": args.refit,
+        "training_tiles": len(list((train_data / "points").glob("*.csv"))),
         "machine": f"{platform.processor() or platform.machine()}, {args.threads} threads, "
         f"native bf16: {cpu_has_native_bf16()}",
         "test_mean": json.loads(result.read_text())["mean"],
