@@ -15,10 +15,11 @@ written to ``benchmarks/results/net/<labels>_seed<seed>.json`` (``fused_...`` wi
     python benchmarks/kumar_net.py --labels sam --seed 0 --sam-fusion --out bench_out/k
     python benchmarks/kumar_net.py --labels sam --seed 1 --refit monuseg-points --out bench_out/k
 
-``--refit MODEL`` is the usual last step once validation has done its work: the same recipe
-trained on all 16 training tiles (train 12 + val 4) for the recipe's steps, with no
-validation, keeping the post-processing that validation chose for MODEL (a shipped model's
-name or a model.pt); the row is ``<labels>_seed<seed>_refit``.
+``--refit MODEL`` trains the same recipe on all 16 training tiles (train 12 + val 4) for the
+recipe's steps, with no validation, keeping the post-processing that validation chose for
+MODEL (a shipped model's name or a model.pt); the row is ``<labels>_seed<seed>_refit``.
+Measured for both seeds and worse than the shipped network on Kumar and TNBC (README).
+``--tnbc DIR`` also scores the row's network on the 13 TNBC test tiles.
 """
 
 from __future__ import annotations
@@ -72,9 +73,26 @@ def refit_config(model: str, seed: int, out: Path) -> Path:
     return out
 
 
+def tnbc_scores(src: Path, data: Path, model: Path, name: str, out: Path, log: list[dict]) -> dict:
+    """Mean scores of ``model`` on the TNBC test patients' tiles."""
+    folder = data / "tnbc_test"
+    if not (folder / "labels").is_dir():
+        argv = ["prepare", "folder", str(src), str(folder), "--labels", "labels_instance"]
+        argv += ["--split", str(src / "splits" / "train_val_test.json"), "--subset", "test"]
+        run(argv, log)
+    pred, result = out / "pred" / f"{name}_tnbc", out / "results" / f"{name}_tnbc.json"
+    run(["predict", str(folder / "images"), "--model", str(model), "--out", str(pred)], log)
+    evaluate = ["evaluate", "--gt", str(folder / "labels"), "--pred", str(pred)]
+    run([*evaluate, "--json", str(result)], log)
+    return json.loads(result.read_text())["mean"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--monuseg", type=Path, default=Path("../shared/data/monuseg"))
+    parser.add_argument(
+        "--tnbc", type=Path, help="also score the 13 TNBC test tiles (another lab and tissue)"
+    )
     parser.add_argument("--out", type=Path, default=Path("bench_out/k"))
     parser.add_argument("--labels", choices=("sam", "cv", "gt", "model"), default="sam")
     parser.add_argument(
@@ -178,6 +196,9 @@ def main() -> None:
         "postprocess": checkpoint["config"]["postprocess"],
         "val_history": [(h["step"], h["val"]["aji"]) for h in history if "val" in h],
         "predict_seconds_14_tiles": round(predict_seconds, 1),
+        "tnbc_test_mean": tnbc_scores(args.tnbc, data, run_dir / "model.pt", name, args.out, log)
+        if args.tnbc
+        else None,
         "stages": log,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
