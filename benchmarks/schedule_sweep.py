@@ -12,6 +12,12 @@ side by side (``--jobs``), each with ``--workers`` processes drawing its crops.
     python benchmarks/schedule_sweep.py --data bench_out/k/data \\
         --labels bench_out/paper/pseudo/monuseg_train_sam --out bench_out/sweep \\
         --variants steps1500_seed0 steps3000_seed0 --jobs 2
+
+``--other-labels DIR`` gives the ``other_`` variants their labels (e.g. those of
+``hybrid_labels.py``); ``--other-test DIR ...`` also scores each network on more prepared
+folders, e.g. TNBC's test tiles, and adds them to a finished variant's JSON when its
+network is still in ``--out`` (a network trained on a GPU machine, scored here on data that
+did not travel).
 """
 
 from __future__ import annotations
@@ -34,8 +40,9 @@ class Variant:
     steps: int = 1500
     widths: tuple[int, ...] | None = None  # None: the recipe's
     batch_size: int | None = None  # None: the recipe's
-    labels: str = "s"  # "s" (--labels) or "gt"
+    labels: str = "s"  # "s" (--labels), "gt", or "other" (--other-labels)
     fill: float = 0.0  # NetTrainConfig.unlabelled_point_fill
+    hed_scale: float | None = None  # NetTrainConfig.hed_scale; None: the recipe's
 
 
 VARIANTS: dict[str, Variant] = {}
@@ -48,6 +55,10 @@ for _seed in (0, 1):
     VARIANTS[f"gt_steps1500_seed{_seed}"] = Variant(labels="gt")
     VARIANTS[f"gt_steps3000_seed{_seed}"] = Variant(steps=3000, labels="gt")
     VARIANTS[f"fill5_steps1500_seed{_seed}"] = Variant(fill=5.0)
+    VARIANTS[f"stain45_steps1500_seed{_seed}"] = Variant(hed_scale=0.45)
+    # --other-labels: e.g. S with the nuclei it left unlabelled taken from cluster + Voronoi
+    VARIANTS[f"other_steps1500_seed{_seed}"] = Variant(labels="other")
+    VARIANTS[f"other_stain45_steps1500_seed{_seed}"] = Variant(labels="other", hed_scale=0.45)
 
 
 def seed_of(name: str) -> int:
@@ -55,7 +66,8 @@ def seed_of(name: str) -> int:
 
 
 def variant_config(name: str, path: Path) -> Path:
-    """The variant's configuration file (the recipe with its widths and fill changed)."""
+    """The variant's configuration file (the recipe with its widths, fill and stain
+    jitter changed)."""
     from instasam.config import NetConfig
 
     variant = VARIANTS[name]
@@ -63,6 +75,8 @@ def variant_config(name: str, path: Path) -> Path:
     if variant.widths is not None:
         config = replace(config, net=replace(config.net, widths=variant.widths))
     config = replace(config, train=replace(config.train, unlabelled_point_fill=variant.fill))
+    if variant.hed_scale is not None:
+        config = replace(config, train=replace(config.train, hed_scale=variant.hed_scale))
     path.write_text(json.dumps(config.to_dict(), indent=1))
     return path
 
@@ -77,7 +91,13 @@ def train(name: str, args: argparse.Namespace) -> tuple[Path, float]:
     argv += ["--val", str(args.data / "val"), "--out", str(run_dir), "--resume", "--quiet"]
     argv += ["--steps", str(steps), "--seed", str(seed_of(name)), "--config", str(config)]
     argv += ["--threads", str(args.threads), "--workers", str(args.workers)]
-    argv += ["--pseudo", "gt"] if variant.labels == "gt" else ["--labels-from", str(args.labels)]
+    if variant.labels == "gt":
+        argv += ["--pseudo", "gt"]
+    else:
+        folder = args.other_labels if variant.labels == "other" else args.labels
+        if folder is None:
+            raise SystemExit(f"{name} needs --other-labels")
+        argv += ["--labels-from", str(folder)]
     if variant.batch_size:
         argv += ["--batch-size", str(variant.batch_size)]
     started = time.perf_counter()
@@ -105,10 +125,27 @@ def test_scores(model: Path, test: Path, device: str) -> dict:
     return {"mean": mean_metrics(list(per_tile.values())), "per_tile": per_tile}
 
 
+def with_other_tests(result: dict, model: Path, args: argparse.Namespace) -> dict:
+    """``result`` with the scores of the ``--other-test`` folders it lacks, from ``model``
+    (a network trained on one machine can be scored on data that stayed on another)."""
+    missing = [f for f in args.other_test if f.name not in result.get("other_test", {})]
+    if not missing:
+        return result
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    scores = {f.name: test_scores(model, f, device) for f in missing}
+    return {**result, "other_test": {**result.get("other_test", {}), **scores}}
+
+
 def run_variant(name: str, args: argparse.Namespace) -> dict:
     result_path = args.results / f"{name}.json"
     if result_path.is_file():
-        return json.loads(result_path.read_text())
+        result = json.loads(result_path.read_text())
+        updated = with_other_tests(result, args.out / "runs" / name / "model.pt", args)
+        if updated is not result:
+            result_path.write_text(json.dumps(updated, indent=1))
+        return updated
     import torch
 
     torch.set_num_threads(args.threads)
@@ -134,6 +171,7 @@ def run_variant(name: str, args: argparse.Namespace) -> dict:
         + f", {args.jobs} variant(s) at once, {args.threads} threads and {args.workers} "
         "crop workers each",
     }
+    result = with_other_tests(result, run_dir / "model.pt", args)
     args.results.mkdir(parents=True, exist_ok=True)
     result_path.write_text(json.dumps(result, indent=1))
     m = result["test"]["mean"]
@@ -149,6 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="prepared train/val/test")
     parser.add_argument("--labels", type=Path, required=True, help="S from `instasam pseudo`")
+    parser.add_argument("--other-labels", type=Path, help="the labels of the `other_` variants")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), required=True)
@@ -156,6 +195,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads per variant")
     parser.add_argument("--workers", type=int, default=0, help="crop workers per variant")
     parser.add_argument("--max-steps", type=int, help="cap every variant (a check of the sweep)")
+    parser.add_argument(
+        "--other-test",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="more prepared folders (images/ + labels/) to score, e.g. TNBC's test tiles",
+    )
     args = parser.parse_args(argv)
     (args.out / "runs").mkdir(parents=True, exist_ok=True)
     with ProcessPoolExecutor(args.jobs) as pool:
