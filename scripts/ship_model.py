@@ -4,21 +4,26 @@ Keeps only what inference needs (weights in fp16, the configuration, the validat
 scores), writes ``src/instasam/pretrained/<name>.pt`` and prints its SHA-256 for the
 registry entry in ``src/instasam/pretrained/__init__.py``. With ``--retune VAL`` the
 post-processing (thresholds and shrink) is chosen again on the prepared validation folder
-VAL with the training's grid, for a checkpoint made before the grid grew.
+VAL with the training's grid, for a checkpoint made before the grid grew. With
+``--stain-reference-from TRAIN`` a checkpoint made before training saved its stain
+reference gets it from its prepared training folder TRAIN (what training now computes).
 
     python scripts/ship_model.py bench_out/k/runs/sam_seed0/model.pt --name monuseg-points \
-        --retune bench_out/k/data/val
+        --retune bench_out/k/data/val --stain-reference-from bench_out/k/data/train
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from instasam.io.images import list_images, read_rgb
 from instasam.model.unet import NET_FORMAT, net_from_payload
 from instasam.pretrained import file_sha256
+from instasam.stain import reference_densities, standardise_stain
 from instasam.training.precision import resolve_precision
 from instasam.training.validation import tuned_config, val_tiles_in
 
@@ -30,10 +35,13 @@ def main() -> None:
     parser.add_argument("model", type=Path)
     parser.add_argument("--name", required=True)
     parser.add_argument("--retune", type=Path, help="prepared validation folder")
+    parser.add_argument("--stain-reference-from", type=Path, help="prepared training folder")
     args = parser.parse_args()
     payload = torch.load(args.model, map_location="cpu", weights_only=False)
     if payload.get("format") != NET_FORMAT:
         raise SystemExit(f"{args.model}: not a nuclei-network checkpoint")
+    if args.stain_reference_from:
+        payload = with_stain_reference(payload, args.model, args.stain_reference_from)
     if args.retune:
         payload = retuned(payload, args.model, args.retune)
     state = {k: v.half() if v.is_floating_point() else v for k, v in payload["state"].items()}
@@ -49,11 +57,26 @@ def main() -> None:
     print(f"{dest}: {dest.stat().st_size / 1e6:.1f} MB, sha256 {file_sha256(dest)}")
 
 
+def with_stain_reference(payload: dict, path: Path, train_folder: Path) -> dict:
+    """``payload`` with the stain densities of the training tiles in ``train_folder``."""
+    _, config = net_from_payload(payload, path)
+    if config.stain.reference is not None:
+        raise SystemExit(f"{path}: already holds a stain reference {config.stain.reference}")
+    images = (read_rgb(p) for p in list_images(train_folder / "images"))
+    stain = replace(config.stain, reference=reference_densities(images))
+    print(f"stain reference (haematoxylin, eosin): {stain.reference}")
+    return {**payload, "config": replace(config, stain=stain).to_dict()}
+
+
 def retuned(payload: dict, path: Path, val_folder: Path) -> dict:
     """``payload`` with its post-processing chosen again on the tiles of ``val_folder``."""
     net, config = net_from_payload(payload, path)
     precision = resolve_precision(config.train.precision)
-    tuned, scores, _ = tuned_config(net, config, val_tiles_in(val_folder), precision)
+    # As the predictor will see them: stain standardised by the network's rule.
+    tiles = [
+        replace(t, image=standardise_stain(t.image, config.stain)) for t in val_tiles_in(val_folder)
+    ]
+    tuned, scores, _ = tuned_config(net, config, tiles, precision)
     post = tuned.postprocess
     print(
         f"chosen on the val tiles: foreground {post.fg_threshold}, marker "

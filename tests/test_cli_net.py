@@ -10,8 +10,10 @@ import torch
 
 from instasam.cli import main
 from instasam.config import NetConfig, NucleiNetConfig
+from instasam.io.images import list_images, read_rgb
 from instasam.io.labels import read_label_map
 from instasam.model.unet import NucleiUNet, save_net
+from instasam.stain import reference_densities
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +45,12 @@ def test_train_net_then_predict_with_it(prepared, tiny_config, capsys):
     assert record["postprocess"]["fg_threshold"] == 0.6  # what was used, not the default
     assert record["precision"] == "fp32" and record["flips"] is False
     assert record["device"] == "cpu"
+    # The network keeps its training tiles' staining, and prediction moves toward it.
+    saved = NetConfig.from_dict(torch.load(run / "model.pt", weights_only=False)["config"])
+    images = [read_rgb(p) for p in list_images(prepared / "train" / "images")]
+    assert saved.stain.reference == pytest.approx(reference_densities(images))
+    assert record["stain"]["reference"] == pytest.approx(saved.stain.reference)
+    assert record["stain"]["strength"] == saved.stain.strength > 0
 
 
 def test_fine_tuning_starts_from_the_given_weights_and_shape(prepared, tiny_config, tmp_path):

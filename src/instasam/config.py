@@ -260,6 +260,24 @@ class NetTrainConfig:
 
 
 @dataclass(frozen=True)
+class StainConfig:
+    """Stain standardisation at prediction time (ours; the paper has none).
+
+    Each image's haematoxylin and eosin optical densities (the 95th percentile of each,
+    :mod:`instasam.stain`) are scaled toward ``reference``, those of the tiles the network
+    was trained on (the median over them, which training saves), by the fraction
+    ``strength`` of the way in log terms, each factor kept within ``1 / max_factor ..
+    max_factor``. ``strength`` 0.25 was chosen on the Kumar and TNBC validation tiles with
+    the shipped model (``benchmarks/stain_standardise.py``, README). ``reference`` None or
+    ``strength`` 0: off.
+    """
+
+    reference: tuple[float, float] | None = None  # (haematoxylin, eosin)
+    strength: float = 0.25
+    max_factor: float = 2.0
+
+
+@dataclass(frozen=True)
 class NetConfig:
     """Everything a nuclei-network run needs, saved in its checkpoints."""
 
@@ -269,6 +287,7 @@ class NetConfig:
     targets: TargetConfig = field(default_factory=TargetConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    stain: StainConfig = field(default_factory=StainConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -336,6 +355,7 @@ __all__ = [
     "PostprocessConfig",
     "PredictConfig",
     "PseudoLabelConfig",
+    "StainConfig",
     "TargetConfig",
     "TrainConfig",
     "VoronoiConfig",

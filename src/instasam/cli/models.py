@@ -28,18 +28,35 @@ def run(args: argparse.Namespace) -> int:
         print(f"  trained on: {entry.trained_on}")
         print(f"  scores:     {entry.scores}")
         print(f"  licence:    {entry.licence}")
-        print(f"  thresholds: {_thresholds(entry.path)}")
+        config = _config(entry.path)
+        print(f"  thresholds: {_thresholds(config)}")
+        print(f"  stain:      {_stain(config)}")
         print(f"  file:       {entry.path} (SHA-256 {entry.sha256[:16]}...)")
         print(f"  model card: {entry.card}")
     return 0
 
 
-def _thresholds(path) -> str:
-    """The post-processing a model's predictions get unless the user overrides it."""
+def _config(path):
     from instasam.model.instasam import load_payload
     from instasam.model.unet import net_from_payload
 
-    _, config = net_from_payload(load_payload(path), path)
+    return net_from_payload(load_payload(path), path)[1]
+
+
+def _stain(config) -> str:
+    """The stain standardisation a model's inputs get unless the user overrides it."""
+    stain = config.stain
+    if stain.reference is None or stain.strength <= 0:
+        return "none"
+    h, e = stain.reference
+    return (
+        f"haematoxylin and eosin densities moved {stain.strength:g} of the way toward "
+        f"{h:.4f} / {e:.4f} (its training tiles'; --stain-strength overrides)"
+    )
+
+
+def _thresholds(config) -> str:
+    """The post-processing a model's predictions get unless the user overrides it."""
     post = config.postprocess
     return (
         f"foreground {post.fg_threshold}, marker {post.edge_threshold}, min area "

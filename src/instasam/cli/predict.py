@@ -73,8 +73,8 @@ def add_device_option(
 
 
 def add_speed_options(p: argparse.ArgumentParser) -> None:
-    """Hardware, arithmetic and test-time augmentation of the nuclei network (shared with
-    predict-wsi and predict-cohort)."""
+    """Hardware, arithmetic, test-time augmentation and stain standardisation of the nuclei
+    network (shared with predict-wsi and predict-cohort)."""
     add_precision_option(p)
     add_device_option(
         p,
@@ -87,6 +87,25 @@ def add_speed_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="average the maps of the image and its three flips (4x the network's time)",
     )
+    p.add_argument(
+        "--stain-strength",
+        type=non_negative_float,
+        help="how far each image's (a slide's: the whole slide's) haematoxylin and eosin "
+        "densities are moved toward those of the network's training tiles, 0 (off) to 1 "
+        "(all the way); default: the model's (0.25 for the shipped model; 0 for networks "
+        "trained before training saved a stain reference)",
+    )
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0 (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (value >= 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
 
 
 def image_files(paths: list[Path]) -> list[Path]:
@@ -123,6 +142,7 @@ def prediction_record(args: argparse.Namespace, predictor) -> dict:
         "postprocess": asdict(predictor.postprocess),
         "precision": getattr(predictor, "precision", "fp32"),
         "flips": bool(getattr(predictor, "flips", False)),
+        "stain": asdict(predictor.stain) if hasattr(predictor, "stain") else None,
         "device": getattr(predictor, "device", "cpu"),
         "instasam": __version__,
     }
@@ -156,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         flips=args.flips,
         device=args.device,
+        stain_strength=args.stain_strength,
     )
     model = getattr(predictor, "model", None)
     if model is not None and not model.backbone.pretrained:

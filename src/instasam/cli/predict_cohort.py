@@ -105,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         threads,
         device=args.device,
         postprocess=tuple(sorted(overrides.items())),
+        stain_strength=args.stain_strength,
     )
 
     from distributed import Client, LocalCluster
@@ -134,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
             config,
             resume=not args.no_resume,
             tiles_per_task=args.tiles_per_task,
-            fingerprint=model_fingerprint(model_path, overrides),
+            fingerprint=model_fingerprint(model_path, overrides, args.stain_strength),
         )
     finally:
         client.close()

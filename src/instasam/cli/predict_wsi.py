@@ -110,14 +110,18 @@ def slide_config(args: argparse.Namespace) -> SlidePredictConfig:
     )
 
 
-def model_fingerprint(path: Path, overrides: dict[str, float] | None = None) -> dict[str, Any]:
+def model_fingerprint(
+    path: Path, overrides: dict[str, float] | None = None, stain_strength: float | None = None
+) -> dict[str, Any]:
     """What a resumed run checks the model against: the file's name, size and time, and
-    the post-processing settings given on the command line, if any."""
+    the post-processing settings and stain strength given on the command line, if any."""
     stat = path.stat()
     fingerprint: dict[str, Any] = {"model": path.name, "bytes": stat.st_size}
     fingerprint["mtime"] = stat.st_mtime
     if overrides:
         fingerprint["postprocess"] = dict(sorted(overrides.items()))
+    if stain_strength is not None:
+        fingerprint["stain_strength"] = stain_strength
     return fingerprint
 
 
@@ -162,7 +166,11 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(model_path, "model file not found")
 
         predictor = load_predictor(
-            model_path, precision=args.precision, flips=args.flips, device=args.device
+            model_path,
+            precision=args.precision,
+            flips=args.flips,
+            device=args.device,
+            stain_strength=args.stain_strength,
         )
         predictor.postprocess = with_thresholds(predictor.postprocess, args)
         result = predict_slide(
@@ -173,7 +181,9 @@ def run(args: argparse.Namespace) -> int:
             resume=not args.no_resume,
             points=points,
             tissue=tissue,
-            fingerprint=model_fingerprint(model_path, threshold_overrides(args)),
+            fingerprint=model_fingerprint(
+                model_path, threshold_overrides(args), args.stain_strength
+            ),
             points_name=str(args.points),
             table=args.table,
         )

@@ -124,6 +124,7 @@ def run_net(args: argparse.Namespace) -> int:
 
     from instasam.model.unet import NucleiUNet, parameter_count
     from instasam.pseudo_labels.refine import ignore_around_unlabelled_points
+    from instasam.stain import reference_densities, standardise_stain
     from instasam.training.crops import LabelledTile
     from instasam.training.loop import train_net
     from instasam.training.precision import resolve_device, resolve_precision
@@ -135,6 +136,9 @@ def run_net(args: argparse.Namespace) -> int:
         config = replace(config, net=init_config.net, postprocess=init_config.postprocess)
         if args.lr is None:
             config = replace(config, train=replace(config.train, lr=config.train.finetune_lr))
+    if config.stain.reference is None:  # the staining this network learns; kept with it
+        reference = reference_densities(s.image for s in loaded)
+        config = replace(config, stain=replace(config.stain, reference=reference))
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device or "auto")
@@ -161,7 +165,10 @@ def run_net(args: argparse.Namespace) -> int:
         embed = tile_embedder(config, precision, args.out)
         for tile in tqdm(tiles, desc="SAM embeddings", disable=args.quiet):
             tile.embedding = embed(tile.image)[0].numpy()
-    val_tiles = [ValTile(s.stem, s.image, s.labels) for s in val_loaded]
+    # Validation sees the tiles as the saved network's predictor will: stain standardised.
+    val_tiles = [
+        ValTile(s.stem, standardise_stain(s.image, config.stain), s.labels) for s in val_loaded
+    ]
     state = train_net(
         tiles,
         val_tiles,

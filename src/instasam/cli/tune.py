@@ -77,7 +77,10 @@ def run(args: argparse.Namespace) -> int:
         from instasam.model.sam_embedding import SamEmbedder
 
         embed = SamEmbedder(config.net.sam_backbone, precision)
-    tiles = [ValTile(s.stem, s.image, s.labels) for s in loaded]
+    from instasam.stain import standardise_stain
+
+    # As the predictor will see them: each tile's stain standardised by the network's rule.
+    tiles = [ValTile(s.stem, standardise_stain(s.image, config.stain), s.labels) for s in loaded]
     maps = validation_maps(net, tiles, precision, embed)
     before = score_maps(maps, tiles, config.postprocess)
     chosen, _ = choose_thresholds(maps, tiles, config.postprocess)

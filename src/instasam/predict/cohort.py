@@ -48,6 +48,7 @@ from instasam.predict.slides import (
     SlideJob,
     SlidePredictConfig,
     SlideRun,
+    corrects_stain,
     finish_slide_job,
     partial_dir,
     predict_tile_file,
@@ -109,6 +110,7 @@ class ModelSpec:
     device: str = "cpu"
     # Post-processing settings that replace the model's, as (name, value) pairs.
     postprocess: tuple[tuple[str, float], ...] = ()
+    stain_strength: float | None = None  # None: the model's
 
     def __call__(self) -> InstancePredictor:
         import torch
@@ -117,7 +119,11 @@ class ModelSpec:
 
         torch.set_num_threads(self.threads)
         predictor = load_predictor(
-            self.model, precision=self.precision, flips=self.flips, device=self.device
+            self.model,
+            precision=self.precision,
+            flips=self.flips,
+            device=self.device,
+            stain_strength=self.stain_strength,
         )
         predictor.postprocess = replace(predictor.postprocess, **dict(self.postprocess))
         return predictor
@@ -271,6 +277,7 @@ def plan_task(
         config,
         model_mpp=getattr(predictor, "mpp", None),
         fingerprint=fingerprint,
+        staining=corrects_stain(predictor),
     )
 
 

@@ -69,7 +69,7 @@ import os
 import shutil
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,7 @@ from instasam.io.tables import NucleiTableWriter, Spread
 from instasam.measure import RGB, STAIN
 from instasam.predict import InstancePredictor
 from instasam.predict.seams import SeamCandidate, exclusive_box, settle_seams
+from instasam.stain import reference_densities
 
 PARTIAL_SUFFIX = ".partial"
 _MANIFEST = "manifest.json"
@@ -233,6 +234,7 @@ def predict_slide(
         tissue=tissue,
         fingerprint=fingerprint,
         points_name=points_name,
+        staining=corrects_stain(predictor),
     )
     pending = pending_tiles(job)
     bar = tqdm(
@@ -277,6 +279,9 @@ class SlideJob:
     owners: dict[tuple[int, int], np.ndarray]
     finished: frozenset[str] = frozenset()  # names of the tiles done when it was planned
     resumed_nuclei: int = 0
+    # The slide's stain densities, for a predictor that standardises stain: every tile
+    # gets the same correction (a tile's own would vary with what it holds).
+    staining: tuple[float, float] | None = None
 
     @property
     def sidecar(self) -> Path:
@@ -294,11 +299,13 @@ def start_slide_job(
     tissue: TissueMask | None = None,
     fingerprint: dict[str, Any] | None = None,
     points_name: str = "points",
+    staining: bool = False,
 ) -> SlideJob:
     """Plan a slide's tiles and prepare (or check, to resume) its ``OUT.partial/`` folder.
 
-    ``model_mpp`` is the predictor's resolution, used when ``config`` sets no target.
-    Other parameters and errors as :func:`predict_slide`.
+    ``model_mpp`` is the predictor's resolution, used when ``config`` sets no target;
+    ``staining``: measure the slide's stain densities (:func:`slide_staining`) for a
+    predictor that standardises stain. Other parameters and errors as :func:`predict_slide`.
     """
     config = config or SlidePredictConfig()
     out = Path(out)
@@ -327,6 +334,7 @@ def start_slide_job(
         mpp=slide.mpp,
         run=run,
         owners=_point_owners(points, plan, working),
+        staining=slide_staining(slide, plan) if staining and plan.todo else None,
     )
     done = [t for t in plan.todo if tile_finished(job, t)]
     job.finished = frozenset(t.name for t in done)
@@ -347,6 +355,8 @@ def pending_tiles(job: SlideJob) -> list[Tile]:
 
 def predict_tile_file(slide: Slide, predictor: InstancePredictor, job: SlideJob, tile: Tile) -> int:
     """Segment one tile into the job's partial folder (atomically); returns its nuclei."""
+    if job.staining is not None and hasattr(predictor, "stain_source"):
+        predictor = replace(predictor, stain_source=job.staining)
     header, lines = _predict_tile(
         slide, predictor, tile, job.plan, job.namespace, job.owners.get((tile.row, tile.col))
     )
@@ -391,6 +401,23 @@ def finish_slide_job(job: SlideJob, table: str | os.PathLike | None = None) -> S
             "the largest nucleus diameter"
         )
     return run
+
+
+STAIN_SAMPLE_TILES = 12
+
+
+def slide_staining(slide: Slide, plan: TilePlan) -> tuple[float, float]:
+    """A slide's stain densities: the median of those of up to 12 of its tissue tiles,
+    spread evenly over the plan's order, read as they are predicted."""
+    todo = plan.todo
+    picks = np.unique(np.linspace(0, len(todo) - 1, min(STAIN_SAMPLE_TILES, len(todo)))).astype(int)
+    return reference_densities(_working_image(slide, plan.working, todo[i]) for i in picks)
+
+
+def corrects_stain(predictor: InstancePredictor) -> bool:
+    """Whether ``predictor`` standardises stain from its input's densities."""
+    stain = getattr(predictor, "stain", None)
+    return stain is not None and stain.reference is not None and stain.strength > 0
 
 
 def check_tissue(slide: Slide, tissue: TissueMask) -> None:
@@ -619,9 +646,7 @@ def _predict_tile(
 ) -> tuple[dict[str, Any], list[str]]:
     """One tile -> (header, encoded features of the nuclei it owns)."""
     working = plan.working
-    image = slide.read(working.level, tile.x, tile.y, tile.width, tile.height)
-    if working.scale != 1.0:
-        image = _resize(image, working.scale)
+    image = _working_image(slide, working, tile)
     sx, sy = image.shape[1] / tile.width, image.shape[0] / tile.height
     labels = np.asarray(predictor.predict_instances(image))
     if labels.shape != image.shape[:2]:
@@ -756,6 +781,12 @@ def owned_nuclei(
         reach = max(x - xs.start, xs.stop - 1 - x, y - ys.start, ys.stop - 1 - y)
         result.reach = max(result.reach, float(reach))
     return result
+
+
+def _working_image(slide: Slide, working: WorkingLevel, tile: Tile) -> np.ndarray:
+    """A tile's pixels at the working resolution (the predictor's input)."""
+    image = slide.read(working.level, tile.x, tile.y, tile.width, tile.height)
+    return _resize(image, working.scale) if working.scale != 1.0 else image
 
 
 def _resize(image: np.ndarray, scale: float) -> np.ndarray:

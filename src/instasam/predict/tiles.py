@@ -9,19 +9,20 @@ foreground probability and distance maps are then post-processed into instances.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from instasam.config import PostprocessConfig, PredictConfig
+from instasam.config import PostprocessConfig, PredictConfig, StainConfig
 from instasam.errors import InputError
 from instasam.model.instasam import InstaSAM, image_to_tensor, load_model, load_payload
 from instasam.model.sam_embedding import Embed, embedding_for
 from instasam.model.unet import NucleiUNet, is_net_checkpoint, net_from_payload
 from instasam.postprocess import instances_from_maps
 from instasam.pretrained import resolve_model
+from instasam.stain import standardise_stain
 from instasam.tiling import pad_to, pad_to_multiple, windows
 from instasam.training.precision import autocast, resolve_device, resolve_precision
 
@@ -90,12 +91,14 @@ def load_predictor(
     precision: str = "auto",
     flips: bool = False,
     device: str = "cpu",
+    stain_strength: float | None = None,
 ) -> ModelPredictor | NetPredictor:
     """Load a model as a predictor: a shipped model's name, a nuclei network's or an
     InstaSAM run's ``model.pt``. Settings default to those saved with the model.
 
     ``device`` (``"cpu"``, ``"cuda"`` or ``"auto"``) is where a nuclei network runs; the
-    paper's InstaSAM models run on the CPU only.
+    paper's InstaSAM models run on the CPU only. ``stain_strength`` replaces a nuclei network's
+    saved stain strength (:class:`~instasam.config.StainConfig`).
     """
     path = resolve_model(path)
     device = resolve_device(device)
@@ -116,7 +119,10 @@ def load_predictor(
             precision=chosen,
             flips=flips,
             embed=embed,
+            stain=stain_with_strength(net_config.stain, stain_strength, path),
         )
+    if stain_strength:
+        raise InputError(path, "an InstaSAM (--arch instasam) model has no stain standardisation")
     if device != "cpu":
         raise InputError(path, "an InstaSAM (--arch instasam) model runs on the CPU only")
     model = load_model(path, backbone_checkpoint=backbone_checkpoint, payload=payload)
@@ -197,6 +203,22 @@ def _net_maps_once(
     return np.ascontiguousarray(maps[0]), np.ascontiguousarray(maps[1:])
 
 
+def stain_with_strength(
+    stain: StainConfig, strength: float | None, path: os.PathLike | str
+) -> StainConfig:
+    """A network's saved stain standardisation with ``strength`` (None: as saved); a
+    strength above 0 for a network saved without a reference is an :class:`InputError`."""
+    if strength is None:
+        return stain
+    if strength > 0 and stain.reference is None:
+        raise InputError(
+            path,
+            "holds no stain reference (trained before instasam saved one): retrain or "
+            "leave out --stain-strength",
+        )
+    return replace(stain, strength=strength)
+
+
 @dataclass
 class NetPredictor:
     """The nuclei network behind the :class:`~instasam.predict.InstancePredictor` protocol."""
@@ -207,6 +229,9 @@ class NetPredictor:
     precision: str = "fp32"
     flips: bool = False
     embed: Embed | None = None  # the fused network's SAM embedding
+    stain: StainConfig = field(default_factory=StainConfig)
+    # The staining to correct (e.g. a slide's, for all its tiles); None: each image's own.
+    stain_source: tuple[float, float] | None = None
 
     @property
     def device(self) -> str:
@@ -214,6 +239,7 @@ class NetPredictor:
         return next(self.net.parameters()).device.type
 
     def predict_maps(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        image = standardise_stain(image, self.stain, self.stain_source)
         return predict_net_maps(self.net, image, self.precision, self.flips, embed=self.embed)
 
     def predict_instances(self, image: np.ndarray) -> np.ndarray:
