@@ -73,6 +73,17 @@ def refit_config(model: str, seed: int, out: Path) -> Path:
     return out
 
 
+def scale_config(scale_range: list[float], seed: int, out: Path) -> Path:
+    """The recipe's configuration with the crops resized within ``scale_range``."""
+    from instasam.config import NetConfig
+
+    config = NetConfig()
+    config = replace(config, augment=replace(config.augment, scale_range=tuple(scale_range)))
+    config = replace(config, train=replace(config.train, seed=seed))
+    write_text_atomic(out, json.dumps(config.to_dict(), indent=1))
+    return out
+
+
 def tnbc_scores(src: Path, data: Path, model: Path, name: str, out: Path, log: list[dict]) -> dict:
     """Mean scores of ``model`` on the TNBC test patients' tiles."""
     folder = data / "tnbc_test"
@@ -110,6 +121,13 @@ def main() -> None:
         metavar="MODEL",
         help="train on train + val with MODEL's chosen post-processing, no validation",
     )
+    parser.add_argument(
+        "--scale-range",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        help="the crops' resize range (default the paper's 0.8 1.25)",
+    )
     args = parser.parse_args()
     if args.refit and (args.labels == "model" or args.sam_fusion):
         parser.error("--refit takes --labels sam, cv or gt without --sam-fusion")
@@ -122,6 +140,8 @@ def main() -> None:
         name = f"model_{args.teacher}_seed{args.seed}"
     if args.sam_fusion:
         name = f"fused_{name}"
+    if args.scale_range:
+        name = f"{name}_scale{args.scale_range[0]:g}-{args.scale_range[1]:g}"
     train_data = data / "train"
     if args.refit:
         name, train_data = f"{name}_refit", prepare_trainval(args.monuseg, data, log)
@@ -133,6 +153,12 @@ def main() -> None:
         train += ["--config", str(refit_config(args.refit, args.seed, run_dir / "refit.json"))]
     else:
         train += ["--val", str(data / "val")]
+    if args.scale_range:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        train += [
+            "--config",
+            str(scale_config(args.scale_range, args.seed, run_dir / "scale.json")),
+        ]
     if args.steps:
         train += ["--steps", str(args.steps)]
     if args.sam_fusion:

@@ -202,6 +202,17 @@ def _case_predict_out_is_file(t):
     return ["predict", str(image), "--out", str(t / "f")], t / "f"
 
 
+def _case_predict_stain_without_reference(t):
+    from instasam.config import NetConfig, NucleiNetConfig
+    from instasam.model.unet import NucleiUNet, save_net
+
+    shape = NucleiNetConfig(widths=(4, 8))
+    save_net(t / "old.pt", NucleiUNet(shape), NetConfig(net=shape))
+    image = sample_dir() / "images" / f"{SAMPLE_TEST}.tif"
+    argv = ["predict", str(image), "--model", str(t / "old.pt"), "--out", str(t / "out")]
+    return [*argv, "--stain-strength", "0.5"], t / "old.pt"
+
+
 def _case_postprocess_damaged_maps(t):
     (t / "maps").mkdir()
     (t / "maps" / "a.npz").write_bytes(b"not a zip")
@@ -300,6 +311,10 @@ CASES = {
     ("predict", "unknown shipped model name"): _case_predict_unknown_model,
     ("predict", "damaged model file"): _case_predict_damaged_model,
     ("predict", "--out names an existing file"): _case_predict_out_is_file,
+    (
+        "predict",
+        "--stain-strength for a network saved without a stain reference",
+    ): _case_predict_stain_without_reference,
     ("postprocess", "damaged .npz maps"): _case_postprocess_damaged_maps,
     ("tune", "--out exists (no --overwrite)"): _case_tune_out_exists,
     ("tune", "--val tiles without outlines"): _case_tune_val_without_labels,

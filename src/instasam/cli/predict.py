@@ -38,7 +38,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "eccentricity, solidity, orientation, mean haematoxylin and eosin optical density "
         "and mean colour",
     )
-    p.add_argument("--mpp", type=float, help="microns per pixel, for the GeoJSON's µm measurements")
+    p.add_argument(
+        "--mpp",
+        type=positive_float,
+        help="microns per pixel of the images (0.25 at 40x, 0.5 at 20x): they are resampled "
+        "to the network's resolution (--target-mpp) and the results back, and the GeoJSON's "
+        "measurements are in µm; default: used as they are",
+    )
+    p.add_argument(
+        "--target-mpp",
+        type=positive_float,
+        help="microns per pixel the network works at, with --mpp (default: the model's own, "
+        "0.25 for the shipped model)",
+    )
     p.add_argument("--sam-checkpoint", help="backbone weights, if not the default source")
     p.add_argument("--overlap", type=int, help="pixels shared by neighbouring windows")
     add_threshold_options(p)
@@ -97,6 +109,14 @@ def add_speed_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def positive_float(text: str) -> float:
+    """A finite number > 0 (argparse type)."""
+    value = non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
 def non_negative_float(text: str) -> float:
     """A finite number >= 0 (argparse type)."""
     try:
@@ -143,9 +163,18 @@ def prediction_record(args: argparse.Namespace, predictor) -> dict:
         "precision": getattr(predictor, "precision", "fp32"),
         "flips": bool(getattr(predictor, "flips", False)),
         "stain": asdict(predictor.stain) if hasattr(predictor, "stain") else None,
+        "mpp": args.mpp,
+        "resampled_by": network_scale(args, predictor),
         "device": getattr(predictor, "device", "cpu"),
         "instasam": __version__,
     }
+
+
+def network_scale(args: argparse.Namespace, predictor) -> float:
+    """How much the images are resized by for the network (1: not at all)."""
+    from instasam.predict.resolution import resolution_scale
+
+    return resolution_scale(args.mpp, args.target_mpp or getattr(predictor, "mpp", None))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -164,7 +193,6 @@ def run(args: argparse.Namespace) -> int:
     from instasam.io.maps import write_maps
     from instasam.io.overlays import write_overlay_png
     from instasam.io.qupath import id_namespace, write_detections
-    from instasam.postprocess import instances_from_maps
     from instasam.predict.tiles import load_predictor
     from instasam.report import PREDICTION_RECORD
 
@@ -187,13 +215,20 @@ def run(args: argparse.Namespace) -> int:
     write_text_atomic(
         args.out / PREDICTION_RECORD, json.dumps(prediction_record(args, predictor), indent=2)
     )
+    scale = network_scale(args, predictor)
+    if (
+        args.mpp
+        and scale == 1.0
+        and getattr(predictor, "mpp", None) is None
+        and not args.target_mpp
+    ):
+        print("note: the model records no resolution; the images are used as they are")
     done = 0
     for path in tqdm(files, desc="images", unit="image", disable=None):
         out = args.out / f"{path.stem}.tif"
         if out.exists() and not args.overwrite:
             continue
-        fg, hv = predictor.predict_maps(images[path])
-        labels = instances_from_maps(fg, hv, predictor.postprocess)
+        fg, hv, labels = maps_and_instances(predictor, images[path], scale)
         if args.save_maps:
             write_maps(args.out / "maps" / f"{path.stem}.npz", fg, hv)
         if args.overlay:
@@ -211,3 +246,22 @@ def run(args: argparse.Namespace) -> int:
         done += 1
     print(f"{done} image(s) segmented, {len(files) - done} already done; output in {args.out}")
     return 0
+
+
+def maps_and_instances(predictor, image, scale: float):
+    """The network's maps and the nuclei of ``image``, the network run on it resized by
+    ``scale``; all three at the image's size."""
+    from skimage.segmentation import relabel_sequential
+
+    from instasam.postprocess import instances_from_maps
+    from instasam.predict.resolution import labels_resized_to, maps_resized_to, resized_image
+
+    if scale == 1.0:
+        fg, hv = predictor.predict_maps(image)
+        return fg, hv, instances_from_maps(fg, hv, predictor.postprocess)
+    fg, hv = predictor.predict_maps(resized_image(image, scale))
+    # The watershed runs where the network did, so minimum areas and the shrink keep
+    # their meaning; only its result is brought back.
+    labels = labels_resized_to(instances_from_maps(fg, hv, predictor.postprocess), image.shape[:2])
+    labels = relabel_sequential(labels)[0]  # a nucleus may vanish when shrunk
+    return (*maps_resized_to(fg, hv, image.shape[:2]), labels)

@@ -101,6 +101,7 @@ from instasam.io.slides import (
 from instasam.io.tables import NucleiTableWriter, Spread
 from instasam.measure import RGB, STAIN
 from instasam.predict import InstancePredictor
+from instasam.predict.resolution import resized_image
 from instasam.predict.seams import SeamCandidate, exclusive_box, settle_seams
 from instasam.stain import reference_densities
 
@@ -786,12 +787,4 @@ def owned_nuclei(
 def _working_image(slide: Slide, working: WorkingLevel, tile: Tile) -> np.ndarray:
     """A tile's pixels at the working resolution (the predictor's input)."""
     image = slide.read(working.level, tile.x, tile.y, tile.width, tile.height)
-    return _resize(image, working.scale) if working.scale != 1.0 else image
-
-
-def _resize(image: np.ndarray, scale: float) -> np.ndarray:
-    from PIL import Image
-
-    h, w = image.shape[:2]
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
+    return resized_image(image, working.scale) if working.scale != 1.0 else image
