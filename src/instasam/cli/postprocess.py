@@ -64,10 +64,7 @@ def add_threshold_options(p: argparse.ArgumentParser) -> None:
 
 def unit_interval(text: str) -> float:
     """A threshold strictly between 0 and 1 (argparse type)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    value = _parsed(text, float, "number")
     if not 0.0 < value < 1.0:
         raise argparse.ArgumentTypeError(f"must lie between 0 and 1, got {value}")
     return value
@@ -75,13 +72,33 @@ def unit_interval(text: str) -> float:
 
 def non_negative_int(text: str) -> int:
     """A whole number >= 0 (argparse type)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    value = _parsed(text, int, "whole number")
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0 (argparse type)."""
+    value = _parsed(text, float, "number")
+    if not (value >= 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0 (argparse type)."""
+    value = non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
+def _parsed(text: str, cast: type, noun: str):
+    try:
+        return cast(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a {noun}: {text!r}") from None
 
 
 def threshold_overrides(args: argparse.Namespace) -> dict[str, float]:

@@ -6,7 +6,12 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from instasam.cli.postprocess import add_threshold_options, with_thresholds
+from instasam.cli.postprocess import (
+    add_threshold_options,
+    non_negative_float,
+    positive_float,
+    with_thresholds,
+)
 from instasam.errors import InputError
 from instasam.io.images import list_images, read_rgb
 
@@ -107,25 +112,6 @@ def add_speed_options(p: argparse.ArgumentParser) -> None:
         "(all the way); default: the model's (0.25 for the shipped model; 0 for networks "
         "trained before training saved a stain reference)",
     )
-
-
-def positive_float(text: str) -> float:
-    """A finite number > 0 (argparse type)."""
-    value = non_negative_float(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be more than 0")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """A finite number >= 0 (argparse type)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (value >= 0 and value < float("inf")):
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
 
 
 def image_files(paths: list[Path]) -> list[Path]:
