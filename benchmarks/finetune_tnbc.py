@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--tiles", type=int, default=8, help="training tiles with points")
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--result", type=Path, default=RESULT, help="the summary JSON")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     log: list[dict] = []
@@ -57,7 +58,7 @@ def main() -> None:
     pseudo = args.out / "pseudo_sam"
     run(["pseudo", "--data", str(data / "train"), "--out", str(pseudo)], log)
     rows = {}
-    earlier = json.loads(RESULT.read_text())["rows"] if RESULT.is_file() else {}
+    earlier = json.loads(args.result.read_text())["rows"] if args.result.is_file() else {}
     models = {"shipped": "monuseg-points"}
     for name, init in (("finetuned", ["--init", "monuseg-points"]), ("scratch", [])):
         run_dir = args.out / "runs" / name
@@ -80,8 +81,8 @@ def main() -> None:
         run(["evaluate", "--gt", gt, "--pred", str(pred), "--json", str(result)], log)
         rows.setdefault(name, {})["test_mean"] = json.loads(result.read_text())["mean"]
     summary = {"tiles": subsets["train"], "steps": args.steps, "rows": rows, "stages": log}
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(RESULT, json.dumps(summary, indent=1))
+    args.result.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(args.result, json.dumps(summary, indent=1))
     for name, row in rows.items():
         m = row["test_mean"]
         print(f"{name:>10}: AJI {100 * m['aji']:.1f} Dice_obj {100 * m['dice_obj']:.1f}")

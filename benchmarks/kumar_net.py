@@ -32,7 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from stages import run
+from stages import run, tnbc_prepare_argv
 
 from instasam.io.atomic import write_text_atomic
 from instasam.training.precision import cpu_has_native_bf16
@@ -88,9 +88,7 @@ def tnbc_scores(src: Path, data: Path, model: Path, name: str, out: Path, log: l
     """Mean scores of ``model`` on the TNBC test patients' tiles."""
     folder = data / "tnbc_test"
     if not (folder / "labels").is_dir():
-        argv = ["prepare", "folder", str(src), str(folder), "--labels", "labels_instance"]
-        argv += ["--split", str(src / "splits" / "train_val_test.json"), "--subset", "test"]
-        run(argv, log)
+        run(tnbc_prepare_argv(src, folder, "test"), log)
     pred, result = out / "pred" / f"{name}_tnbc", out / "results" / f"{name}_tnbc.json"
     run(["predict", str(folder / "images"), "--model", str(model), "--out", str(pred)], log)
     evaluate = ["evaluate", "--gt", str(folder / "labels"), "--pred", str(pred)]

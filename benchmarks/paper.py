@@ -32,11 +32,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from stages import checkpoint_config, run, tuned_if_older
+from stages import checkpoint_config, run, tnbc_prepare_argv, tuned_if_older
 
 RESULTS = Path(__file__).parent / "results" / "paper"
 KUMAR_SPLIT = "splits/kumar_16_14.json"
-TNBC_SPLIT = "splits/train_val_test.json"
 
 
 @dataclass(frozen=True)
@@ -124,10 +123,9 @@ def prepared(row: Row, args: argparse.Namespace, log: list[dict]) -> dict[str, P
                 fewshot_split(args.monuseg, args.out) if row.fewshot else args.monuseg / KUMAR_SPLIT
             )
             argv = ["prepare", "monuseg", str(args.monuseg / "train"), str(folder)]
+            argv += ["--split", str(split), "--subset", subset]
         else:
-            split = args.tnbc / TNBC_SPLIT
-            argv = ["prepare", "folder", str(args.tnbc), str(folder), "--labels", "labels_instance"]
-        argv += ["--split", str(split), "--subset", subset]
+            argv = tnbc_prepare_argv(args.tnbc, folder, subset)
         if shifted:
             argv += ["--shift", row.shift, "--seed", str(args.seed)]
         run(argv, log)

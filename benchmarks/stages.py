@@ -20,6 +20,16 @@ def run(argv: list[str], log: list[dict]) -> None:
         sys.exit(f"stage failed with status {status}: instasam {shlex.join(argv)}")
 
 
+TNBC_SPLIT = "splits/train_val_test.json"  # beside the TNBC data: patients per subset
+
+
+def tnbc_prepare_argv(tnbc: Path, folder: Path, subset: str) -> list[str]:
+    """``instasam prepare`` of the TNBC tiles of ``subset`` (train, val or test) into
+    ``folder``, with their instance labels."""
+    argv = ["prepare", "folder", str(tnbc), str(folder), "--labels", "labels_instance"]
+    return [*argv, "--split", str(tnbc / TNBC_SPLIT), "--subset", subset]
+
+
 def checkpoint_config(model: Path) -> dict:
     """The configuration saved in a nuclei network's checkpoint."""
     import torch
