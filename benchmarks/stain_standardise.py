@@ -33,14 +33,14 @@ from instasam.model.instasam import load_payload
 from instasam.model.unet import net_from_payload
 from instasam.predict.tiles import predict_net_maps
 from instasam.pretrained import resolve_model
-from instasam.stain import reference_densities, stain_densities, stain_factors, standardise_stain
-from instasam.training.validation import score_maps, val_tiles_in
+from instasam.stain import reference_densities, stain_densities, stain_factors
+from instasam.training.validation import score_maps, standardised_tiles, val_tiles_in
 
 
 def folder_scores(net, config, tiles, strength: float, max_factor: float) -> dict:
     """Mean scores (%) of ``tiles`` standardised at ``strength`` within ``max_factor``."""
     stain = replace(config.stain, strength=strength, max_factor=max_factor)
-    maps = [predict_net_maps(net, standardise_stain(t.image, stain), "bf16") for t in tiles]
+    maps = [predict_net_maps(net, t.image, "bf16") for t in standardised_tiles(tiles, stain)]
     return {k: round(100 * v, 2) for k, v in score_maps(maps, tiles, config.postprocess).items()}
 
 

@@ -23,9 +23,9 @@ import torch
 from instasam.io.images import list_images, read_rgb
 from instasam.model.unet import NET_FORMAT, net_from_payload
 from instasam.pretrained import file_sha256
-from instasam.stain import reference_densities, standardise_stain
+from instasam.stain import reference_densities
 from instasam.training.precision import resolve_precision
-from instasam.training.validation import tuned_config, val_tiles_in
+from instasam.training.validation import standardised_tiles, tuned_config, val_tiles_in
 
 DEST = Path(__file__).resolve().parents[1] / "src" / "instasam" / "pretrained"
 
@@ -72,10 +72,7 @@ def retuned(payload: dict, path: Path, val_folder: Path) -> dict:
     """``payload`` with its post-processing chosen again on the tiles of ``val_folder``."""
     net, config = net_from_payload(payload, path)
     precision = resolve_precision(config.train.precision)
-    # As the predictor will see them: stain standardised by the network's rule.
-    tiles = [
-        replace(t, image=standardise_stain(t.image, config.stain)) for t in val_tiles_in(val_folder)
-    ]
+    tiles = standardised_tiles(val_tiles_in(val_folder), config.stain)
     tuned, scores, _ = tuned_config(net, config, tiles, precision)
     post = tuned.postprocess
     print(

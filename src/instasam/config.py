@@ -276,6 +276,11 @@ class StainConfig:
     strength: float = 0.25
     max_factor: float = 2.0
 
+    @property
+    def active(self) -> bool:
+        """Whether images are standardised at all (a reference and a strength above 0)."""
+        return self.reference is not None and self.strength > 0
+
 
 @dataclass(frozen=True)
 class NetConfig:

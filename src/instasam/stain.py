@@ -57,7 +57,7 @@ def standardise_stain(
     the same factors; None: the image's own :func:`stain_densities`. Returns ``image``
     itself when standardisation is off or would change nothing.
     """
-    if config.reference is None or config.strength <= 0:
+    if not config.active:
         return image
     source = stain_densities(image) if source is None else source
     factors = stain_factors(source, config.reference, config.strength, config.max_factor)

@@ -46,7 +46,7 @@ def _config(path):
 def _stain(config) -> str:
     """The stain standardisation a model's inputs get unless the user overrides it."""
     stain = config.stain
-    if stain.reference is None or stain.strength <= 0:
+    if not stain.active:
         return "none"
     h, e = stain.reference
     return (

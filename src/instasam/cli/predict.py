@@ -133,7 +133,7 @@ def image_files(paths: list[Path]) -> list[Path]:
     return files
 
 
-def prediction_record(args: argparse.Namespace, predictor) -> dict:
+def prediction_record(args: argparse.Namespace, predictor, scale: float) -> dict:
     """What made this folder's label maps, for the report and for the user who finds it."""
     from dataclasses import asdict
 
@@ -150,17 +150,10 @@ def prediction_record(args: argparse.Namespace, predictor) -> dict:
         "flips": bool(getattr(predictor, "flips", False)),
         "stain": asdict(predictor.stain) if hasattr(predictor, "stain") else None,
         "mpp": args.mpp,
-        "resampled_by": network_scale(args, predictor),
+        "resampled_by": scale,
         "device": getattr(predictor, "device", "cpu"),
         "instasam": __version__,
     }
-
-
-def network_scale(args: argparse.Namespace, predictor) -> float:
-    """How much the images are resized by for the network (1: not at all)."""
-    from instasam.predict.resolution import resolution_scale
-
-    return resolution_scale(args.mpp, args.target_mpp or getattr(predictor, "mpp", None))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -179,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
     from instasam.io.maps import write_maps
     from instasam.io.overlays import write_overlay_png
     from instasam.io.qupath import id_namespace, write_detections
+    from instasam.predict.resolution import resolution_scale
     from instasam.predict.tiles import load_predictor
     from instasam.report import PREDICTION_RECORD
 
@@ -198,17 +192,12 @@ def run(args: argparse.Namespace) -> int:
     if args.overlap is not None and model is not None:
         predictor.config = replace(predictor.config, overlap=args.overlap)
     predictor.postprocess = with_thresholds(predictor.postprocess, args)
-    write_text_atomic(
-        args.out / PREDICTION_RECORD, json.dumps(prediction_record(args, predictor), indent=2)
-    )
-    scale = network_scale(args, predictor)
-    if (
-        args.mpp
-        and scale == 1.0
-        and getattr(predictor, "mpp", None) is None
-        and not args.target_mpp
-    ):
+    target_mpp = args.target_mpp or getattr(predictor, "mpp", None)
+    if args.mpp and target_mpp is None:
         print("note: the model records no resolution; the images are used as they are")
+    scale = resolution_scale(args.mpp, target_mpp)  # 1: used as they are
+    record = prediction_record(args, predictor, scale)
+    write_text_atomic(args.out / PREDICTION_RECORD, json.dumps(record, indent=2))
     done = 0
     for path in tqdm(files, desc="images", unit="image", disable=None):
         out = args.out / f"{path.stem}.tif"

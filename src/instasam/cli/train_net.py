@@ -124,11 +124,11 @@ def run_net(args: argparse.Namespace) -> int:
 
     from instasam.model.unet import NucleiUNet, parameter_count
     from instasam.pseudo_labels.refine import ignore_around_unlabelled_points
-    from instasam.stain import reference_densities, standardise_stain
+    from instasam.stain import reference_densities
     from instasam.training.crops import LabelledTile
     from instasam.training.loop import train_net
     from instasam.training.precision import resolve_device, resolve_precision
-    from instasam.training.validation import ValTile
+    from instasam.training.validation import ValTile, standardised_tiles
 
     start = None
     if args.init:  # shape and thresholds are those of the network it starts from
@@ -165,10 +165,9 @@ def run_net(args: argparse.Namespace) -> int:
         embed = tile_embedder(config, precision, args.out)
         for tile in tqdm(tiles, desc="SAM embeddings", disable=args.quiet):
             tile.embedding = embed(tile.image)[0].numpy()
-    # Validation sees the tiles as the saved network's predictor will: stain standardised.
-    val_tiles = [
-        ValTile(s.stem, standardise_stain(s.image, config.stain), s.labels) for s in val_loaded
-    ]
+    val_tiles = standardised_tiles(
+        [ValTile(s.stem, s.image, s.labels) for s in val_loaded], config.stain
+    )
     state = train_net(
         tiles,
         val_tiles,

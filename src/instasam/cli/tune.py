@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         ValTile,
         choose_thresholds,
         score_maps,
+        standardised_tiles,
         validation_maps,
     )
 
@@ -77,10 +78,7 @@ def run(args: argparse.Namespace) -> int:
         from instasam.model.sam_embedding import SamEmbedder
 
         embed = SamEmbedder(config.net.sam_backbone, precision)
-    from instasam.stain import standardise_stain
-
-    # As the predictor will see them: each tile's stain standardised by the network's rule.
-    tiles = [ValTile(s.stem, standardise_stain(s.image, config.stain), s.labels) for s in loaded]
+    tiles = standardised_tiles([ValTile(s.stem, s.image, s.labels) for s in loaded], config.stain)
     maps = validation_maps(net, tiles, precision, embed)
     before = score_maps(maps, tiles, config.postprocess)
     chosen, _ = choose_thresholds(maps, tiles, config.postprocess)

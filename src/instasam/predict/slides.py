@@ -418,7 +418,7 @@ def slide_staining(slide: Slide, plan: TilePlan) -> tuple[float, float]:
 def corrects_stain(predictor: InstancePredictor) -> bool:
     """Whether ``predictor`` standardises stain from its input's densities."""
     stain = getattr(predictor, "stain", None)
-    return stain is not None and stain.reference is not None and stain.strength > 0
+    return stain is not None and stain.active
 
 
 def check_tissue(slide: Slide, tissue: TissueMask) -> None:

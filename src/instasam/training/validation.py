@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from instasam.config import NetConfig, PostprocessConfig
+from instasam.config import NetConfig, PostprocessConfig, StainConfig
 from instasam.io.images import list_images, read_rgb
 from instasam.io.labels import find_label_file, read_label_map
 from instasam.metrics import compute_metrics, mean_metrics
@@ -21,6 +21,7 @@ from instasam.model.sam_embedding import Embed
 from instasam.model.unet import NucleiUNet
 from instasam.postprocess import instances_from_maps
 from instasam.predict.tiles import predict_net_maps
+from instasam.stain import standardise_stain
 
 # Foreground x marker thresholds tried; the authors' (0.7, 0.5) and HoVer-Net's
 # (0.5, 0.4) are both in the grid.
@@ -44,6 +45,11 @@ def val_tiles_in(folder: Path) -> list[ValTile]:
         ValTile(p.stem, read_rgb(p), read_label_map(find_label_file(folder / "labels", p.stem)))
         for p in list_images(folder / "images")
     ]
+
+
+def standardised_tiles(tiles: list[ValTile], stain: StainConfig) -> list[ValTile]:
+    """``tiles`` as the network's predictor sees them: stain standardised by its rule."""
+    return [replace(t, image=standardise_stain(t.image, stain)) for t in tiles]
 
 
 def validation_maps(
