@@ -43,6 +43,7 @@ class Variant:
     labels: str = "s"  # "s" (--labels), "gt", or "other" (--other-labels)
     fill: float = 0.0  # NetTrainConfig.unlabelled_point_fill
     hed_scale: float | None = None  # NetTrainConfig.hed_scale; None: the recipe's
+    rim: float = 0.0  # NetTrainConfig.ignored_rim_background
 
 
 VARIANTS: dict[str, Variant] = {}
@@ -56,6 +57,7 @@ for _seed in (0, 1):
     VARIANTS[f"gt_steps3000_seed{_seed}"] = Variant(steps=3000, labels="gt")
     VARIANTS[f"fill5_steps1500_seed{_seed}"] = Variant(fill=5.0)
     VARIANTS[f"stain45_steps1500_seed{_seed}"] = Variant(hed_scale=0.45)
+    VARIANTS[f"rim3_steps1500_seed{_seed}"] = Variant(rim=3.0)
     # --other-labels: e.g. S with the nuclei it left unlabelled taken from cluster + Voronoi
     VARIANTS[f"other_steps1500_seed{_seed}"] = Variant(labels="other")
     VARIANTS[f"other_stain45_steps1500_seed{_seed}"] = Variant(labels="other", hed_scale=0.45)
@@ -74,7 +76,12 @@ def variant_config(name: str, path: Path) -> Path:
     config = NetConfig()
     if variant.widths is not None:
         config = replace(config, net=replace(config.net, widths=variant.widths))
-    config = replace(config, train=replace(config.train, unlabelled_point_fill=variant.fill))
+    config = replace(
+        config,
+        train=replace(
+            config.train, unlabelled_point_fill=variant.fill, ignored_rim_background=variant.rim
+        ),
+    )
     if variant.hed_scale is not None:
         config = replace(config, train=replace(config.train, hed_scale=variant.hed_scale))
     path.write_text(json.dumps(config.to_dict(), indent=1))

@@ -14,7 +14,10 @@ from instasam.config import NetConfig, NucleiNetConfig
 from instasam.errors import InputError
 from instasam.model.unet import NucleiUNet, net_from_payload, save_net
 from instasam.predict.tiles import NetPredictor, load_predictor, predict_net_maps
-from instasam.pseudo_labels.refine import ignore_around_unlabelled_points
+from instasam.pseudo_labels.refine import (
+    background_beside_nuclei,
+    ignore_around_unlabelled_points,
+)
 from instasam.training import precision as precision_module
 from instasam.training.crops import LabelledTile, crop_targets, jitter_colour, training_batch
 from instasam.training.loop import learning_rate, train_net, update_ema
@@ -172,6 +175,20 @@ def test_a_filled_disk_teaches_the_centre_of_an_unlabelled_nucleus():
     assert (out == 2).sum() == 13  # a radius-2 disk: 13 pixels
     same = ignore_around_unlabelled_points(labels, points, radius=6)
     assert not (same == 2).any() and same[22, 25] == IGNORE
+
+
+def test_the_ignored_rim_of_one_nucleus_becomes_background_and_a_seam_stays_ignored():
+    labels = np.full((40, 40), IGNORE, dtype=np.int32)
+    labels[:, 30:] = 0
+    labels[10:16, 4:10] = 1
+    labels[10:16, 12:18] = 2  # two columns of IGNORE between nuclei 1 and 2: their seam
+    out = background_beside_nuclei(labels, margin=3)
+    assert out[9, 6] == 0 and out[7, 6] == 0 and out[6, 6] == IGNORE  # 1, 3 and 4 px away
+    assert out[13, 20] == 0 and out[13, 21] == IGNORE  # beside nucleus 2 only
+    assert out[13, 10] == IGNORE and out[13, 11] == IGNORE  # near both
+    assert out[30, 6] == IGNORE  # far from any nucleus
+    assert (out[10:16, 4:10] == 1).all() and (out[:, 30:] == 0).all()
+    assert (background_beside_nuclei(labels, margin=0) == labels).all()
 
 
 def test_targets_carry_no_weight_on_ignored_pixels():

@@ -254,6 +254,9 @@ class NetTrainConfig:
     # With a radius > 0, a disk that big at such a point is taught as its nucleus (the rest
     # of the ignored disk stays ignored); 0: the point's neighbourhood is only ignored.
     unlabelled_point_fill: float = 0.0
+    # Ignored pixels within this many px of one S nucleus (its uncertain rim) taught as
+    # background instead (``refine.background_beside_nuclei``); 0: left ignored.
+    ignored_rim_background: float = 0.0
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 where the CPU has it
     seed: int = 0
     mpp: float | None = 0.25  # microns per pixel of the training images (MoNuSeg, 40x)

@@ -123,7 +123,10 @@ def run_net(args: argparse.Namespace) -> int:
     import torch  # after the inputs are checked: a bad one is refused in a second
 
     from instasam.model.unet import NucleiUNet, parameter_count
-    from instasam.pseudo_labels.refine import ignore_around_unlabelled_points
+    from instasam.pseudo_labels.refine import (
+        background_beside_nuclei,
+        ignore_around_unlabelled_points,
+    )
     from instasam.stain import reference_densities
     from instasam.training.crops import LabelledTile
     from instasam.training.loop import train_net
@@ -152,9 +155,14 @@ def run_net(args: argparse.Namespace) -> int:
         + (f"validation every {config.train.val_every} steps" if val_loaded else "no validation")
     )
     radius, fill = config.train.unlabelled_point_radius, config.train.unlabelled_point_fill
+    rim = config.train.ignored_rim_background
     tiles = [
         LabelledTile(
-            s.stem, s.image, ignore_around_unlabelled_points(labels, s.points, radius, fill)
+            s.stem,
+            s.image,
+            ignore_around_unlabelled_points(
+                background_beside_nuclei(labels, rim), s.points, radius, fill
+            ),
         )
         for s, labels in zip(loaded, fixed_labels(args, loaded, source), strict=True)
     ]

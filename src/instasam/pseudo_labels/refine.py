@@ -55,6 +55,34 @@ def ignore_around_unlabelled_points(
     return out
 
 
+def background_beside_nuclei(labels: np.ndarray, margin: float) -> np.ndarray:
+    """``labels`` with IGNORE pixels within ``margin`` px of exactly one labelled nucleus
+    taught as background.
+
+    The entropy rule ignores the uncertain rim of every S mask, so a network trained on S
+    is free to grow into it and draws nuclei larger than S does (matched area 1.14-1.17x
+    the ground truth's on the Kumar val tiles, against 1.07 for S). On the 12 Kumar
+    training tiles two thirds of the ignored pixels within 3 px of an S nucleus are
+    ground-truth background. A pixel near two nuclei (where two masks overlapped) says
+    where they touch and stays ignored.
+    """
+    if margin <= 0:
+        return labels
+    nuclei = labels > 0
+    if not nuclei.any():
+        return labels.copy()
+    distance = ndi.distance_transform_edt(~nuclei)
+    radius = int(np.ceil(margin))
+    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+    disk = yy**2 + xx**2 <= margin**2
+    highest = ndi.maximum_filter(np.where(nuclei, labels, 0), footprint=disk)
+    none = np.iinfo(np.int64).max
+    lowest = ndi.minimum_filter(np.where(nuclei, labels.astype(np.int64), none), footprint=disk)
+    out = labels.copy()
+    out[(labels == IGNORE) & (distance <= margin) & (highest == lowest)] = 0
+    return out
+
+
 def instances_vouched_by_points(prediction: np.ndarray, points: np.ndarray) -> np.ndarray:
     """``prediction`` renumbered so that nucleus k is point k-1's, the rest background.
 
