@@ -44,6 +44,7 @@ class Variant:
     fill: float = 0.0  # NetTrainConfig.unlabelled_point_fill
     hed_scale: float | None = None  # NetTrainConfig.hed_scale; None: the recipe's
     rim: float = 0.0  # NetTrainConfig.ignored_rim_background
+    w_grad: float = 0.0  # LossConfig.w_grad (HoVer-Net's gradient loss on the distance maps)
 
 
 VARIANTS: dict[str, Variant] = {}
@@ -58,6 +59,7 @@ for _seed in (0, 1):
     VARIANTS[f"fill5_steps1500_seed{_seed}"] = Variant(fill=5.0)
     VARIANTS[f"stain45_steps1500_seed{_seed}"] = Variant(hed_scale=0.45)
     VARIANTS[f"rim3_steps1500_seed{_seed}"] = Variant(rim=3.0)
+    VARIANTS[f"grad1_steps1500_seed{_seed}"] = Variant(w_grad=1.0)
     # --other-labels: e.g. S with the nuclei it left unlabelled taken from cluster + Voronoi
     VARIANTS[f"other_steps1500_seed{_seed}"] = Variant(labels="other")
     VARIANTS[f"other_stain45_steps1500_seed{_seed}"] = Variant(labels="other", hed_scale=0.45)
@@ -68,8 +70,8 @@ def seed_of(name: str) -> int:
 
 
 def variant_config(name: str, path: Path) -> Path:
-    """The variant's configuration file (the recipe with its widths, fill and stain
-    jitter changed)."""
+    """The variant's configuration file (the recipe with its widths, fill, rim, stain
+    jitter and gradient loss changed)."""
     from instasam.config import NetConfig
 
     variant = VARIANTS[name]
@@ -84,6 +86,7 @@ def variant_config(name: str, path: Path) -> Path:
     )
     if variant.hed_scale is not None:
         config = replace(config, train=replace(config.train, hed_scale=variant.hed_scale))
+    config = replace(config, loss=replace(config.loss, w_grad=variant.w_grad))
     path.write_text(json.dumps(config.to_dict(), indent=1))
     return path
 

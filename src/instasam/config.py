@@ -147,11 +147,15 @@ class PostprocessConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """L = w_prompt * L_S' + w_fg * L_B + w_dist * L_D."""
+    """L = w_prompt * L_S' + w_fg * L_B + w_dist * L_D + w_grad * L_G."""
 
     w_prompt: float = 1.0
     w_fg: float = 1.0
     w_dist: float = 5.0
+    # Ours (HoVer-Net's MSGE; the paper has none): the squared error of the distance maps'
+    # derivatives over nucleus pixels (``losses.masked_gradient_loss``). Nuclei networks
+    # only; 0 leaves it out.
+    w_grad: float = 0.0
     # Paper: L1. Authors' code: SmoothL1, our default. Measured on a 256-px MoNuSeg crop,
     # nuclei decoder alone on frozen LiteMedSAM features, 60 AdamW steps at 1e-4: with L1
     # the distance maps never left 0 (L1 0.0776 -> 0.0778, the loss of predicting 0: the

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from instasam.config import NetConfig, NetTrainConfig
 from instasam.io.atomic import atomic_path, write_text_atomic
-from instasam.losses import mask_loss, masked_distance_loss, total_loss
+from instasam.losses import mask_loss, masked_distance_loss, masked_gradient_loss, total_loss
 from instasam.model.sam_embedding import Embed
 from instasam.model.unet import NucleiUNet, net_from_payload, save_net
 from instasam.training.crops import CropTargets, LabelledTile, training_batch
@@ -90,8 +90,8 @@ def batch_losses(
     precision: str,
     embeddings: np.ndarray | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The loss parts (``fg``, ``dist``) of one batch of crops (and their SAM embeddings,
-    for the fused network)."""
+    """The loss parts (``fg``, ``dist``, and ``grad`` where weighted) of one batch of
+    crops (and their SAM embeddings, for the fused network)."""
     device = next(net.parameters()).device
 
     def tensor(array: np.ndarray) -> torch.Tensor:
@@ -105,10 +105,13 @@ def batch_losses(
     fg = tensor(np.stack([t.foreground for t in targets]))
     hv = tensor(np.stack([t.distance for t in targets]))
     weight = tensor(np.stack([t.weight for t in targets]))
-    return {
+    parts = {
         "fg": mask_loss(out[:, 0], fg, weight),
         "dist": masked_distance_loss(out[:, 1:], hv, weight[:, None], kind=config.loss.dist_loss),
     }
+    if config.loss.w_grad > 0:
+        parts["grad"] = masked_gradient_loss(out[:, 1:], hv, fg, weight)
+    return parts
 
 
 class _WorkerBatches(torch.utils.data.IterableDataset):
