@@ -8,11 +8,11 @@ import numpy as np
 import torch
 
 from instasam import IGNORE
-from instasam.config import NetConfig, NucleiNetConfig
 from instasam.losses import masked_distance_loss, masked_gradient_loss
 from instasam.model.unet import NucleiUNet
 from instasam.training.crops import LabelledTile, crop_targets
 from instasam.training.loop import batch_losses, train_net
+from tests.test_net import tiny_net_config
 
 
 def two_touching_nuclei(size: int = 40) -> np.ndarray:
@@ -78,33 +78,16 @@ def test_predictions_on_ignored_pixels_do_not_move_the_loss():
 def test_training_adds_the_gradient_part_only_when_weighted(tmp_path):
     labels = two_touching_nuclei(64)
     image = np.where(labels[..., None] > 0, 80, 220).astype(np.uint8).repeat(3, axis=-1)
-    config = NetConfig(net=NucleiNetConfig(widths=(4, 8, 16)))
-    targets = [crop_targets(labels)]
+    config = tiny_net_config(steps=3, crop_size=32, val_every=100, checkpoint_every=100)
     net = NucleiUNet(config.net)
-    off = batch_losses(net, image[None], targets, config, "fp32")
-    assert set(off) == {"fg", "dist"}
-    on_config = replace(config, loss=replace(config.loss, w_grad=1.0))
-    on = batch_losses(net, image[None], targets, on_config, "fp32")
-    assert set(on) == {"fg", "dist", "grad"}
-    assert on["grad"].item() > 0
+    targets = [crop_targets(labels)]
+    assert set(batch_losses(net, image[None], targets, config, "fp32")) == {"fg", "dist"}
+    config = replace(config, loss=replace(config.loss, w_grad=1.0))
+    on = batch_losses(net, image[None], targets, config, "fp32")
+    assert set(on) == {"fg", "dist", "grad"} and on["grad"].item() > 0
     # and a run with it trains: every step's logged parts include it
-    train = replace(
-        on_config.train,
-        steps=3,
-        batch_size=2,
-        crop_size=32,
-        val_every=100,
-        checkpoint_every=100,
-        warmup_steps=1,
-        precision="fp32",
-    )
     seen = []
-    train_net(
-        [LabelledTile("a", image, labels)],
-        [],
-        tmp_path,
-        replace(on_config, train=train),
-        progress=False,
-        on_step=lambda state, parts: seen.append(parts),
-    )
+    tiles = [LabelledTile("a", image, labels)]
+    record = lambda state, parts: seen.append(parts)  # noqa: E731
+    train_net(tiles, [], tmp_path, config, progress=False, on_step=record)
     assert len(seen) == 3 and all("grad" in parts for parts in seen)
