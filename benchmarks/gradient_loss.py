@@ -73,29 +73,21 @@ def size_errors(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     ``missed``: no overlapping prediction; also the share of predicted area that overlaps
     no nucleus at all (``false_area``).
     """
-    gt, pred = gt.astype(np.int64), pred.astype(np.int64)
-    n_pred = int(pred.max()) + 1
-    gt_area = np.bincount(gt.ravel())
-    pred_area = np.bincount(pred.ravel(), minlength=n_pred)
-    inside = gt > 0
-    pairs, counts = np.unique(gt[inside] * n_pred + pred[inside], return_counts=True)
-    g, p = np.divmod(pairs, n_pred)
-    keep = p > 0
-    g, p, counts = g[keep], p[keep], counts[keep]
-    order = np.lexsort((-counts, g))
-    first = np.ones(order.size, bool)
-    first[1:] = g[order][1:] != g[order][:-1]
-    best_g, best_p, best_n = g[order][first], p[order][first], counts[order][first]
-    dice = 2 * best_n / (gt_area[best_g] + pred_area[best_p])
-    ratio = pred_area[best_p] / gt_area[best_g]
-    total = gt_area[1:].sum()
-    merged = gt_area[best_g][(dice < 0.7) & (ratio >= 1.5)].sum()
-    on_gt = np.bincount(pred[inside], minlength=n_pred)
-    false = pred_area[(on_gt == 0) & (np.arange(n_pred) > 0)].sum()
+    from instasam.metrics import _first_per_group, overlap_table
+
+    table = overlap_table(gt, pred)
+    # Each nucleus's partner as Dice_obj takes it: the largest intersection.
+    best = _first_per_group(table.pair_gt, -table.intersection)
+    g, p = table.pair_gt[best], table.pair_pred[best]
+    gt_area, pred_area = table.gt_area, table.pred_area
+    dice = 2 * table.intersection[best] / (gt_area[g] + pred_area[p])
+    under = (dice < 0.7) & (pred_area[p] >= 1.5 * gt_area[g])
+    unpaired = np.ones(table.n_pred, dtype=bool)
+    unpaired[table.pair_pred] = False
     return {
-        "merged": float(merged / total),
-        "missed": float(1 - gt_area[best_g].sum() / total),
-        "false_area": float(false / max(pred_area[1:].sum(), 1)),
+        "merged": float(gt_area[g][under].sum() / gt_area.sum()),
+        "missed": float(1 - gt_area[g].sum() / gt_area.sum()),
+        "false_area": float(pred_area[unpaired].sum() / max(pred_area.sum(), 1)),
     }
 
 

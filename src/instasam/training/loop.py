@@ -2,7 +2,8 @@
 
 Every step draws ``batch_size`` augmented crops, runs the network once on the stacked batch
 (bf16 autocast where the CPU has it) and applies the paper's losses on the non-ignored
-pixels: BCE + soft IoU on the foreground, ``w_dist`` x SmoothL1 on the distance maps.
+pixels: BCE + soft IoU on the foreground, ``w_dist`` x SmoothL1 on the distance maps, and
+``w_grad`` x HoVer-Net's gradient loss on them where that weight is above 0.
 An exponential moving average of the weights is what validation scores and what is saved.
 When training ends the watershed thresholds and the outline shrink are chosen on the
 validation tiles with the best model, and saved with it.
