@@ -50,6 +50,7 @@ class Variant:
 VARIANTS: dict[str, Variant] = {}
 for _seed in (0, 1):
     VARIANTS[f"steps1500_seed{_seed}"] = Variant()
+    VARIANTS[f"steps1000_seed{_seed}"] = Variant(steps=1000)  # what fits 120 min without bf16
     VARIANTS[f"steps3000_seed{_seed}"] = Variant(steps=3000)
     VARIANTS[f"steps6000_seed{_seed}"] = Variant(steps=6000)
     VARIANTS[f"wide_steps1500_seed{_seed}"] = Variant(widths=(32, 64, 128, 256))

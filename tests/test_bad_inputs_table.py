@@ -150,6 +150,12 @@ def _case_train_negative_workers(t):
     return ["train", "--data", str(data), "--out", str(t / "out"), "--workers", "-1"], "--workers"
 
 
+def _case_train_zero_budget(t):
+    data = _data(t / "data")
+    argv = ["train", "--data", str(data), "--out", str(t / "out"), "--max-minutes", "0"]
+    return argv, "--max-minutes"
+
+
 def _case_train_device_for_instasam(t):
     data = _data(t / "data")
     argv = ["train", "--data", str(data), "--out", str(t / "out"), "--arch", "instasam"]
@@ -301,6 +307,7 @@ CASES = {
         _case_train_sam_fusion_backbone
     ),
     ("train", "--workers below 0"): _case_train_negative_workers,
+    ("train", "--max-minutes not above 0"): _case_train_zero_budget,
     ("train", "--device with --arch instasam"): _case_train_device_for_instasam,
     ("train", "--init file missing"): _case_train_init_missing,
     ("train", "--init not a checkpoint"): _case_train_init_not_checkpoint,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -20,7 +21,13 @@ from instasam.pseudo_labels.refine import (
 )
 from instasam.training import precision as precision_module
 from instasam.training.crops import LabelledTile, crop_targets, jitter_colour, training_batch
-from instasam.training.loop import learning_rate, train_net, update_ema
+from instasam.training.loop import (
+    BUDGET_RESERVE,
+    fitted_steps,
+    learning_rate,
+    train_net,
+    update_ema,
+)
 from instasam.training.precision import resolve_device, resolve_precision
 from instasam.training.validation import ValTile
 
@@ -284,6 +291,33 @@ def test_training_resumes_to_the_same_weights_and_tunes_thresholds(tmp_path):
     assert isinstance(predictor, NetPredictor)
     assert (tmp_path / "straight" / "thresholds.json").is_file()
     assert predictor.predict_instances(image).shape == labels.shape
+
+
+def test_a_time_budget_cuts_the_steps_to_what_fits_and_never_adds_any():
+    config = replace(NetConfig().train, steps=1500, max_minutes=10.0)
+    usable = 600.0 * (1.0 - BUDGET_RESERVE)  # 540 s
+    # 20 steps done in 20 s at 1 s a step: 520 s left, 520 more steps
+    assert fitted_steps(config, 20, 20.0, 1.0) == 540
+    assert fitted_steps(config, 20, 20.0, 0.1) == 1500  # the budget allows more: not raised
+    assert fitted_steps(config, 20, usable + 5.0, 1.0) == 20  # already over: stop now
+    assert fitted_steps(replace(config, max_minutes=None), 20, 1e9, 1.0) == 1500
+
+
+def test_training_under_a_tiny_budget_stops_after_the_probe_and_resumes_as_fitted(tmp_path):
+    image, labels, _ = disks()
+    tiles, val = [LabelledTile("a", image, labels)], [ValTile("v", image, labels)]
+    config = tiny_net_config(steps=40, budget_probe_steps=5, max_minutes=1e-6, val_every=20)
+    state = train_net(tiles, val, tmp_path / "run", config, progress=False)
+    assert (state.step, state.steps) == (5, 5)
+    log = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert any('"fitted_steps": 5' in line for line in log)
+    assert "val" in json.loads(log[-1])  # the last step validates, as at a run's end
+    assert (tmp_path / "run" / "thresholds.json").is_file()
+    again = train_net(tiles, val, tmp_path / "run", config, resume=True, progress=False)
+    assert again.step == 5  # a resumed run keeps its fitted count
+
+    roomy = replace(config, train=replace(config.train, max_minutes=1e4))
+    assert train_net(tiles, [], tmp_path / "roomy", roomy, progress=False).step == 40
 
 
 def test_training_with_worker_processes_is_repeatable_and_draws_other_crops(tmp_path):

@@ -264,6 +264,12 @@ class NetTrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 where the CPU has it
     seed: int = 0
     mpp: float | None = 0.25  # microns per pixel of the training images (MoNuSeg, 40x)
+    # A wall-clock budget for the run (steps, validation and the threshold choice), minutes;
+    # None: none. A CPU without native bf16 takes ~3x longer a step (README), so after
+    # ``budget_probe_steps`` timed steps the run's step count is cut to what fits, never
+    # raised, and the cosine schedule is stretched over that count so it still ends low.
+    max_minutes: float | None = None
+    budget_probe_steps: int = 20
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     net = p.add_argument_group("--arch net")
     net.add_argument("--steps", type=int, help="optimiser steps (default 1500)")
     net.add_argument(
+        "--max-minutes",
+        type=float,
+        help="wall-clock budget: after 20 timed steps, fewer steps where the full count would "
+        "not fit (e.g. 110 on a CPU without native bf16); default none",
+    )
+    net.add_argument(
         "--init",
         help="start from a trained network: a shipped model's name (see `instasam models`) "
         "or a model.pt (fine-tuning)",
@@ -127,7 +133,7 @@ def config_from_args(args: argparse.Namespace) -> InstaSAMConfig:
 # Options that mean something for one architecture only; given to the other, they would be
 # silently ignored (a user asking for 2 epochs would train 1,500 steps).
 ONLY_FOR = {
-    "net": ("steps", "init", "labels_from", "sam_fusion", "device", "workers"),
+    "net": ("steps", "max_minutes", "init", "labels_from", "sam_fusion", "device", "workers"),
     "instasam": ("epochs", "steps_per_epoch", "val_from_epoch", "patience"),
 }
 

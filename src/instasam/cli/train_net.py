@@ -27,12 +27,15 @@ def net_config_from_args(args: argparse.Namespace) -> NetConfig:
     overrides = {
         "labels": labels_source(args),
         "steps": args.steps,
+        "max_minutes": args.max_minutes,
         "batch_size": args.batch_size,
         "lr": args.lr,
         "seed": args.seed,
         "precision": args.precision,
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    if args.max_minutes is not None and not args.max_minutes > 0:
+        raise InputError("--max-minutes", f"must be above 0, not {args.max_minutes}")
     config = replace(config, train=replace(config.train, **overrides))
     if args.dist_loss:
         config = replace(config, loss=replace(config.loss, dist_loss=args.dist_loss))
@@ -150,7 +153,9 @@ def run_net(args: argparse.Namespace) -> int:
     precision = resolve_precision(config.train.precision, device=device)
     print(
         f"nuclei network: {parameter_count(NucleiUNet(config.net)):,} parameters; labels: "
-        f"{source}; {config.train.steps} steps x {config.train.batch_size} crops of "
+        f"{source}; {config.train.steps} steps"
+        + (f" (fewer if over {config.train.max_minutes:g} min)" if config.train.max_minutes else "")
+        + f" x {config.train.batch_size} crops of "
         f"{config.train.crop_size} px; {device}, {precision}; "
         + (f"validation every {config.train.val_every} steps" if val_loaded else "no validation")
     )
@@ -193,8 +198,13 @@ def run_net(args: argparse.Namespace) -> int:
         if val_tiles
         else "no validation"
     )
+    fitted = (
+        f" (of {config.train.steps}: fitted to {config.train.max_minutes:g} min)"
+        if state.steps is not None and state.steps < config.train.steps
+        else ""
+    )
     print(
-        f"done: {state.step} steps, {state.seconds / 60:.1f} min; {best}; "
+        f"done: {state.step} steps{fitted}, {state.seconds / 60:.1f} min; {best}; "
         f"model: {args.out / 'model.pt'}"
     )
     return 0

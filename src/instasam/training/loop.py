@@ -17,7 +17,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,11 @@ Batch = tuple[np.ndarray, list[CropTargets], np.ndarray | None]
 
 LAST = "last.pt"
 BEST = "model.pt"
+# The share of a time budget kept for what is not an optimiser step (validation, the final
+# threshold choice, loading): 2.6-3.4 % of the wall time of the recipe's CPU runs
+# (benchmarks/results/schedule/{fill5,rim3}_*.json, wall_seconds against train_seconds).
+# Kept wider, since the pace of a step drifts (another job starts on the machine).
+BUDGET_RESERVE = 0.1
 
 
 @dataclass
@@ -46,6 +51,20 @@ class NetTrainState:
     best_aji: float = -1.0
     best_step: int = -1
     seconds: float = 0.0
+    steps: int | None = None  # None: the config's; set when fitted to its time budget
+
+
+def fitted_steps(
+    config: NetTrainConfig, step: int, seconds_so_far: float, seconds_per_step: float
+) -> int:
+    """The run's step count under ``config.max_minutes``: the steps that fit in what is
+    left of the budget (less :data:`BUDGET_RESERVE`) at ``seconds_per_step``, never more
+    than ``config.steps`` nor fewer than the ``step`` already taken."""
+    if config.max_minutes is None:
+        return config.steps
+    usable = config.max_minutes * 60.0 * (1.0 - BUDGET_RESERVE) - seconds_so_far
+    more = int(usable // seconds_per_step) if usable > 0 and seconds_per_step > 0 else 0
+    return max(step, min(config.steps, step + more))
 
 
 def learning_rate(step: int, config: NetTrainConfig) -> float:
@@ -230,15 +249,18 @@ def train_net(
     if init_state is not None:
         freeze_batch_norm(net)
     ema.eval()
-    bar = tqdm(total=tc.steps, initial=state.step, disable=not progress, unit="step")
+    schedule = replace(tc, steps=state.steps or tc.steps)  # state.steps: fitted to a budget
+    bar = tqdm(total=schedule.steps, initial=state.step, disable=not progress, unit="step")
     started = time.perf_counter()
+    fit = tc.max_minutes is not None and state.steps is None
+    probe = _BudgetProbe(state.step) if fit else None
     sums: dict[str, float] = {}
     count = 0
     batches = training_batches(tiles, config, rng, workers, state.step)
-    while state.step < tc.steps:
+    while state.step < schedule.steps:
         images, targets, sam = next(batches)
         for group in optimiser.param_groups:
-            group["lr"] = learning_rate(state.step, tc)
+            group["lr"] = learning_rate(state.step, schedule)
         parts = batch_losses(net, images, targets, config, precision, sam)
         loss = total_loss(parts, config.loss)
         optimiser.zero_grad(set_to_none=True)
@@ -252,7 +274,14 @@ def train_net(
         count += 1
         bar.set_postfix(loss=f"{losses['loss']:.3f}", best=f"{state.best_aji:.3f}")
         bar.update()
-        due_val = state.step % tc.val_every == 0 or state.step == tc.steps
+        if probe is not None and probe.done(state.step, tc.budget_probe_steps):
+            so_far = state.seconds + time.perf_counter() - started
+            pace = probe.seconds_per_step(state.step)
+            state.steps = fitted_steps(tc, state.step, so_far, pace)
+            schedule, probe, bar.total = replace(tc, steps=state.steps), None, state.steps
+            fitted = {"fitted_steps": state.steps, "seconds_per_step": round(pace, 3)}
+            _append_log(run, {"step": state.step, **fitted})
+        due_val = state.step % tc.val_every == 0 or state.step == schedule.steps
         if due_val or state.step % tc.checkpoint_every == 0:
             state.seconds += time.perf_counter() - started
             started = time.perf_counter()
@@ -270,6 +299,22 @@ def train_net(
     bar.close()
     _finish(run, config, ema, val_tiles, precision, state, embed, device)
     return state
+
+
+class _BudgetProbe:
+    """Seconds per step, timed over the steps after the first one this process takes (the
+    first also builds the kernels and starts the crop workers)."""
+
+    def __init__(self, step: int) -> None:
+        self.first, self.started = step + 1, 0.0
+
+    def done(self, step: int, probe_steps: int) -> bool:
+        if step == self.first:
+            self.started = time.perf_counter()
+        return step >= max(probe_steps, self.first + 1)
+
+    def seconds_per_step(self, step: int) -> float:
+        return (time.perf_counter() - self.started) / (step - self.first)
 
 
 def _validate(
