@@ -17,27 +17,23 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from scipy import ndimage
-from skimage.segmentation import watershed
 
 from instasam.config import NetConfig, PostprocessConfig
 from instasam.io.labels import read_label_map
 from instasam.io.maps import read_maps
 from instasam.metrics import compute_metrics, mean_metrics
 from instasam.postprocess import (
-    _add_unmarked_components,
-    _foreground_mask,
-    _markers,
-    _relabelled,
-    _without_small_objects,
     edge_map,
+    foreground_mask,
     instances_from_maps,
-    shrunk_instances,
+    marker_labels,
+    nuclei_from_markers,
 )
 from instasam.pretrained import resolve_model
 
@@ -52,22 +48,11 @@ ROWS = (
 
 
 def watershed_instances(
-    foreground: np.ndarray,
-    markers: np.ndarray,
-    hv: np.ndarray,
-    config: PostprocessConfig,
-    shrink: int,
+    foreground: np.ndarray, markers: np.ndarray, hv: np.ndarray, config: PostprocessConfig
 ) -> np.ndarray:
-    """The post-processing's watershed on a given foreground mask and markers (its private
-    steps, so that each input can be swapped)."""
+    """The post-processing's watershed on a given foreground mask and markers."""
     edges = edge_map(hv, foreground, config.sobel_ksize)
-    relief = (1.0 - edges) * foreground
-    if config.smoothing_sigma > 0:
-        relief = ndimage.gaussian_filter(relief, config.smoothing_sigma, truncate=2.0)
-    instances = watershed(-relief, markers=markers, mask=foreground)
-    if config.keep_unmarked:
-        instances = _add_unmarked_components(instances, foreground)
-    return _relabelled(_without_small_objects(shrunk_instances(instances, shrink), config.min_area))
+    return nuclei_from_markers(foreground, markers, edges, config)
 
 
 def true_markers(gt: np.ndarray, foreground: np.ndarray) -> np.ndarray:
@@ -94,8 +79,8 @@ def with_missed_nuclei(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
 
 def network_markers(fg_prob: np.ndarray, hv: np.ndarray, config: PostprocessConfig) -> np.ndarray:
     """The markers the post-processing draws from the network's own maps."""
-    foreground = _foreground_mask(fg_prob, config)
-    return _markers(foreground, edge_map(hv, foreground, config.sobel_ksize), config)
+    foreground = foreground_mask(fg_prob, config)
+    return marker_labels(foreground, edge_map(hv, foreground, config.sobel_ksize), config)
 
 
 def oracle_rows(
@@ -104,17 +89,18 @@ def oracle_rows(
     """Each row's instances for one tile. Rows on the true foreground take no shrink: it
     corrects outlines that the network draws too large, which the truth does not."""
     network = instances_from_maps(fg_prob, hv, config)
-    predicted_fg = _foreground_mask(fg_prob, config)
+    predicted_fg = foreground_mask(fg_prob, config)
     true_fg = gt > 0
+    unshrunk = replace(config, shrink=0)
     return {
         "network": network,
         "true_markers": watershed_instances(
-            predicted_fg, true_markers(gt, predicted_fg), hv, config, config.shrink
+            predicted_fg, true_markers(gt, predicted_fg), hv, config
         ),
         "true_foreground": watershed_instances(
-            true_fg, network_markers(fg_prob, hv, config) * true_fg, hv, config, 0
+            true_fg, network_markers(fg_prob, hv, config) * true_fg, hv, unshrunk
         ),
-        "true_both": watershed_instances(true_fg, true_markers(gt, true_fg), hv, config, 0),
+        "true_both": watershed_instances(true_fg, true_markers(gt, true_fg), hv, unshrunk),
         "no_false_objects": without_false_objects(network, gt),
         "plus_missed_nuclei": with_missed_nuclei(network, gt),
     }
