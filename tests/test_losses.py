@@ -81,7 +81,8 @@ def test_training_adds_the_gradient_part_only_when_weighted(tmp_path):
     config = tiny_net_config(steps=3, crop_size=32, val_every=100, checkpoint_every=100)
     net = NucleiUNet(config.net)
     targets = [crop_targets(labels)]
-    assert set(batch_losses(net, image[None], targets, config, "fp32")) == {"fg", "dist"}
+    off = replace(config, loss=replace(config.loss, w_grad=0.0))
+    assert set(batch_losses(net, image[None], targets, off, "fp32")) == {"fg", "dist"}
     config = replace(config, loss=replace(config.loss, w_grad=1.0))
     on = batch_losses(net, image[None], targets, config, "fp32")
     assert set(on) == {"fg", "dist", "grad"} and on["grad"].item() > 0

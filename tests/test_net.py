@@ -293,6 +293,15 @@ def test_training_resumes_to_the_same_weights_and_tunes_thresholds(tmp_path):
     assert predictor.predict_instances(image).shape == labels.shape
 
 
+def test_the_nuclei_network_trains_with_the_gradient_loss_and_the_paper_form_without():
+    from instasam.config import InstaSAMConfig
+
+    assert NetConfig().loss.w_grad == 1.0 and InstaSAMConfig().loss.w_grad == 0.0
+    # A configuration file that sets other loss weights keeps the section's own default.
+    assert NetConfig.from_dict({"loss": {"w_dist": 2.0}}).loss.w_grad == 1.0
+    assert NetConfig.from_dict({"loss": {"w_grad": 0.0}}).loss.w_grad == 0.0
+
+
 def test_a_time_budget_cuts_the_steps_to_what_fits_and_never_adds_any():
     config = replace(NetConfig().train, steps=1500, max_minutes=10.0)
     usable = 600.0 * (1.0 - BUDGET_RESERVE)  # 540 s
