@@ -175,6 +175,7 @@ def predict_classical(images: Path, out: Path) -> None:
 # -- one row ----------------------------------------------------------------------------------
 def settings(row_name: str, row: Row, args: argparse.Namespace) -> dict:
     """Everything a finished row's numbers depend on (compared before a rerun)."""
+    from instasam.config import NetConfig
     from instasam.training.validation import EDGE_THRESHOLDS, FG_THRESHOLDS, SHRINKS
 
     wanted = {
@@ -189,6 +190,8 @@ def settings(row_name: str, row: Row, args: argparse.Namespace) -> dict:
     if row.labels != "classical":  # the network's post-processing, chosen on the val tiles
         grid = {"fg_threshold": FG_THRESHOLDS, "edge_threshold": EDGE_THRESHOLDS}
         wanted["postprocess_grid"] = {**grid, "shrink": SHRINKS}
+        # The recipe's loss weights: rows trained before the gradient loss joined it differ.
+        wanted["losses"] = asdict(NetConfig().loss)
     return wanted
 
 
