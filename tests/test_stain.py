@@ -81,13 +81,14 @@ def test_a_reference_needs_images():
 
 
 def test_the_shipped_model_carries_its_reference_and_segments_a_pale_crop(crop):
-    """A crop 2.5x paler than the model's training tiles: the model's own strength wins
+    """A crop 4x paler than the model's training tiles: the model's own strength wins
     back part of the AJI the unchanged model loses (measured 0.43 -> 0.50), full strength
-    nearly all of it (0.55, against 0.58 on the crop as it is)."""
+    nearly all of it (0.57, against 0.60 on the crop as it is). The model shipped with the
+    gradient loss lost only 0.07 at 2.5x paler, too little for the test to mean much."""
     image, labels = crop
     predictor = load_predictor(DEFAULT_MODEL, precision="fp32")
     assert predictor.stain.reference is not None and predictor.stain.strength > 0
-    pale = restained(image, 0.4, 0.4)
+    pale = restained(image, 0.25, 0.25)
 
     def aji(strength: float, img: np.ndarray) -> float:
         stain = dataclasses.replace(predictor.stain, strength=strength)
