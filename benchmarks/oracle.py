@@ -31,7 +31,6 @@ from instasam.metrics import compute_metrics, mean_metrics
 from instasam.postprocess import (
     edge_map,
     foreground_mask,
-    instances_from_maps,
     marker_labels,
     nuclei_from_markers,
 )
@@ -50,7 +49,8 @@ ROWS = (
 def watershed_instances(
     foreground: np.ndarray, markers: np.ndarray, hv: np.ndarray, config: PostprocessConfig
 ) -> np.ndarray:
-    """The post-processing's watershed on a given foreground mask and markers."""
+    """The post-processing's watershed on a given foreground mask and markers, along the
+    edges of the network's distance maps within that mask."""
     edges = edge_map(hv, foreground, config.sobel_ksize)
     return nuclei_from_markers(foreground, markers, edges, config)
 
@@ -77,29 +77,24 @@ def with_missed_nuclei(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     return np.where(missed, gt + int(pred.max()), pred)
 
 
-def network_markers(fg_prob: np.ndarray, hv: np.ndarray, config: PostprocessConfig) -> np.ndarray:
-    """The markers the post-processing draws from the network's own maps."""
-    foreground = foreground_mask(fg_prob, config)
-    return marker_labels(foreground, edge_map(hv, foreground, config.sobel_ksize), config)
-
-
 def oracle_rows(
     fg_prob: np.ndarray, hv: np.ndarray, gt: np.ndarray, config: PostprocessConfig
 ) -> dict[str, np.ndarray]:
-    """Each row's instances for one tile. Rows on the true foreground take no shrink: it
-    corrects outlines that the network draws too large, which the truth does not."""
-    network = instances_from_maps(fg_prob, hv, config)
+    """Each row's instances for one tile (whose predicted foreground is not empty). Rows on
+    the true foreground take no shrink: it corrects outlines that the network draws too
+    large, which the truth does not."""
     predicted_fg = foreground_mask(fg_prob, config)
+    edges = edge_map(hv, predicted_fg, config.sobel_ksize)
+    markers = marker_labels(predicted_fg, edges, config)
+    network = nuclei_from_markers(predicted_fg, markers, edges, config)
     true_fg = gt > 0
     unshrunk = replace(config, shrink=0)
     return {
         "network": network,
-        "true_markers": watershed_instances(
-            predicted_fg, true_markers(gt, predicted_fg), hv, config
+        "true_markers": nuclei_from_markers(
+            predicted_fg, true_markers(gt, predicted_fg), edges, config
         ),
-        "true_foreground": watershed_instances(
-            true_fg, network_markers(fg_prob, hv, config) * true_fg, hv, unshrunk
-        ),
+        "true_foreground": watershed_instances(true_fg, markers * true_fg, hv, unshrunk),
         "true_both": watershed_instances(true_fg, true_markers(gt, true_fg), hv, unshrunk),
         "no_false_objects": without_false_objects(network, gt),
         "plus_missed_nuclei": with_missed_nuclei(network, gt),
