@@ -47,6 +47,7 @@ class Variant:
     # LossConfig.w_grad (HoVer-Net's gradient loss on the distance maps). 0: the recipe as
     # it was when most variants were measured; the recipe has had 1 since grad1 was adopted.
     w_grad: float = 0.0
+    centre_head: bool = False  # NucleiNetConfig.centre_head: a centre map taught by the points
 
 
 VARIANTS: dict[str, Variant] = {}
@@ -63,6 +64,7 @@ for _seed in (0, 1):
     VARIANTS[f"rim3_steps1500_seed{_seed}"] = Variant(rim=3.0)
     VARIANTS[f"grad1_steps1500_seed{_seed}"] = Variant(w_grad=1.0)
     VARIANTS[f"grad1_steps1000_seed{_seed}"] = Variant(steps=1000, w_grad=1.0)
+    VARIANTS[f"centre_steps1500_seed{_seed}"] = Variant(w_grad=1.0, centre_head=True)
     # --other-labels: e.g. S with the nuclei it left unlabelled taken from cluster + Voronoi
     VARIANTS[f"other_steps1500_seed{_seed}"] = Variant(labels="other")
     VARIANTS[f"other_stain45_steps1500_seed{_seed}"] = Variant(labels="other", hed_scale=0.45)
@@ -90,6 +92,7 @@ def variant_config(name: str, path: Path) -> Path:
     if variant.hed_scale is not None:
         config = replace(config, train=replace(config.train, hed_scale=variant.hed_scale))
     config = replace(config, loss=replace(config.loss, w_grad=variant.w_grad))
+    config = replace(config, net=replace(config.net, centre_head=variant.centre_head))
     path.write_text(json.dumps(config.to_dict(), indent=1))
     return path
 

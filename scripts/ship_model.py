@@ -4,7 +4,9 @@ Keeps only what inference needs (weights in fp16, the configuration, the validat
 scores), writes ``src/instasam/pretrained/<name>.pt`` and prints its SHA-256 for the
 registry entry in ``src/instasam/pretrained/__init__.py``. With ``--retune VAL`` the
 post-processing (thresholds and shrink) is chosen again on the prepared validation folder
-VAL with the training's grid, for a checkpoint made before the grid grew. With
+VAL with the training's grid, for a checkpoint made before the grid grew; with
+``--retune-flips VAL`` the setting for ``--flips`` predictions is chosen on VAL's
+flip-averaged maps and saved beside it. With
 ``--stain-reference-from TRAIN`` a checkpoint made before training saved its stain
 reference gets it from its prepared training folder TRAIN (what training now computes).
 
@@ -22,6 +24,7 @@ import torch
 
 from instasam.io.images import list_images, read_rgb
 from instasam.model.unet import NET_FORMAT, net_from_payload
+from instasam.postprocess import marker_setting
 from instasam.pretrained import file_sha256
 from instasam.stain import reference_densities
 from instasam.training.precision import resolve_precision
@@ -36,6 +39,11 @@ def main() -> None:
     parser.add_argument("--name", required=True)
     parser.add_argument("--retune", type=Path, help="prepared validation folder")
     parser.add_argument("--stain-reference-from", type=Path, help="prepared training folder")
+    parser.add_argument(
+        "--retune-flips",
+        type=Path,
+        help="prepared validation folder: choose the setting for --flips predictions on it",
+    )
     args = parser.parse_args()
     payload = torch.load(args.model, map_location="cpu", weights_only=False)
     if payload.get("format") != NET_FORMAT:
@@ -44,6 +52,8 @@ def main() -> None:
         payload = with_stain_reference(payload, args.model, args.stain_reference_from)
     if args.retune:
         payload = retuned(payload, args.model, args.retune)
+    if args.retune_flips:
+        payload = retuned(payload, args.model, args.retune_flips, flips=True)
     state = {k: v.half() if v.is_floating_point() else v for k, v in payload["state"].items()}
     shipped = {
         "format": NET_FORMAT,
@@ -51,6 +61,7 @@ def main() -> None:
         "state": state,
         "step": payload.get("step"),
         "val": payload.get("val"),
+        **({"val_flips": payload["val_flips"]} if "val_flips" in payload else {}),
     }
     dest = DEST / f"{args.name}.pt"
     torch.save(shipped, dest)
@@ -68,16 +79,24 @@ def with_stain_reference(payload: dict, path: Path, train_folder: Path) -> dict:
     return {**payload, "config": replace(config, stain=stain).to_dict()}
 
 
-def retuned(payload: dict, path: Path, val_folder: Path) -> dict:
-    """``payload`` with its post-processing chosen again on the tiles of ``val_folder``."""
+def retuned(payload: dict, path: Path, val_folder: Path, flips: bool = False) -> dict:
+    """``payload`` with its post-processing (with ``flips``: the one for flips) chosen
+    again on the tiles of ``val_folder``."""
     net, config = net_from_payload(payload, path)
     precision = resolve_precision(config.train.precision)
     tiles = standardised_tiles(val_tiles_in(val_folder), config.stain)
-    tuned, scores, _ = tuned_config(net, config, tiles, precision)
+    tuned, scores, _ = tuned_config(net, config, tiles, precision, flips=flips)
+    if flips:
+        post = tuned.flips_postprocess
+        print(
+            f"for --flips: foreground {post.fg_threshold}, {marker_setting(post)}, shrink "
+            f"{post.shrink}; val AJI {scores['aji']:.4f} with flips"
+        )
+        return {**payload, "config": tuned.to_dict(), "val_flips": scores}
     post = tuned.postprocess
     print(
-        f"chosen on the val tiles: foreground {post.fg_threshold}, marker "
-        f"{post.edge_threshold}, shrink {post.shrink}; val AJI {scores['aji']:.4f} "
+        f"chosen on the val tiles: foreground {post.fg_threshold}, "
+        f"{marker_setting(post)}, shrink {post.shrink}; val AJI {scores['aji']:.4f} "
         f"(saved setting: {payload.get('val', {}).get('aji', float('nan')):.4f})"
     )
     return {**payload, "config": tuned.to_dict(), "val": scores}

@@ -219,6 +219,26 @@ def _case_predict_stain_without_reference(t):
     return [*argv, "--stain-strength", "0.5"], t / "old.pt"
 
 
+def _case_predict_centres_without_a_centre_head(t):
+    from instasam.config import NetConfig, NucleiNetConfig
+    from instasam.model.unet import NucleiUNet, save_net
+
+    shape = NucleiNetConfig(widths=(4, 8), centre_head=False)
+    save_net(t / "net.pt", NucleiUNet(shape), NetConfig(net=shape))
+    image = sample_dir() / "images" / f"{SAMPLE_TEST}.tif"
+    argv = ["predict", str(image), "--model", str(t / "net.pt"), "--out", str(t / "out")]
+    return [*argv, "--markers", "centres"], t / "net.pt"
+
+
+def _case_postprocess_centres_without_a_centre_map(t):
+    from instasam.io.maps import write_maps
+
+    (t / "maps").mkdir()
+    write_maps(t / "maps" / "a.npz", np.zeros((8, 8)), np.zeros((2, 8, 8)))
+    argv = ["postprocess", str(t / "maps"), "--out", str(t / "out")]
+    return [*argv, "--markers", "edges+centres"], t / "maps" / "a.npz"
+
+
 def _case_postprocess_damaged_maps(t):
     (t / "maps").mkdir()
     (t / "maps" / "a.npz").write_bytes(b"not a zip")
@@ -322,7 +342,15 @@ CASES = {
         "predict",
         "--stain-strength for a network saved without a stain reference",
     ): _case_predict_stain_without_reference,
+    (
+        "predict",
+        "--markers centres for a network without a centre head",
+    ): _case_predict_centres_without_a_centre_head,
     ("postprocess", "damaged .npz maps"): _case_postprocess_damaged_maps,
+    (
+        "postprocess",
+        "--markers edges+centres for maps without a centre map",
+    ): _case_postprocess_centres_without_a_centre_map,
     ("tune", "--out exists (no --overwrite)"): _case_tune_out_exists,
     ("tune", "--val tiles without outlines"): _case_tune_val_without_labels,
     ("tune", "--model not a nuclei network"): _case_tune_not_a_nuclei_network,

@@ -131,3 +131,39 @@ def test_an_instasam_model_is_refused_on_a_gpu(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # refused before any use
     with pytest.raises(InputError, match="CPU only"):
         load_predictor(path, device="cuda")
+
+
+def test_a_centre_head_trains_from_the_points_and_predicts_through_the_cli(
+    prepared, tiny_config, tmp_path, capsys
+):
+    run = tmp_path / "run"
+    assert _train(prepared, tiny_config, run) == 0  # the head is the recipe's default
+    log = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(record["centre"] > 0 for record in log)  # the points taught the head
+    table = json.loads((run / "thresholds.json").read_text())
+    assert {row["markers"] for row in table} == {"edges", "centres", "edges+centres"}
+    pred = tmp_path / "pred"
+    argv = ["predict", str(prepared / "test" / "images"), "--model", str(run / "model.pt")]
+    argv += ["--out", str(pred), "--precision", "fp32", "--markers", "centres", "--save-maps"]
+    assert main(argv) == 0
+    record = json.loads((pred / "prediction.json").read_text())
+    assert record["postprocess"]["markers"] == "centres"
+    again = tmp_path / "again"
+    argv = ["postprocess", str(pred / "maps"), "--out", str(again), "--markers", "centres"]
+    assert main(argv) == 0
+    (first,), (second,) = pred.glob("*.tif"), again.glob("*.tif")
+    assert read_label_map(first).shape == read_label_map(second).shape == (256, 256)
+    capsys.readouterr()
+
+
+def test_centre_markers_for_a_network_without_a_centre_head_are_one_line_and_exit_2(
+    prepared, tmp_path, capsys
+):
+    headless = NucleiNetConfig(widths=(4, 8), centre_head=False)
+    save_net(tmp_path / "net.pt", NucleiUNet(headless), NetConfig(net=headless))
+    argv = ["predict", str(prepared / "test" / "images"), "--model", str(tmp_path / "net.pt")]
+    assert main([*argv, "--out", str(tmp_path / "pred"), "--markers", "centres"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("instasam: error: ")
+    assert "no centre head" in err[0]
+    assert not (tmp_path / "pred").exists()

@@ -83,3 +83,23 @@ def test_bad_tune_inputs_are_one_line_errors(crop, tmp_path, capsys):
         assert err.startswith("instasam: error:") and reason in err and "\n" not in err
     assert taken.read_bytes() == b"x"
     assert not (tmp_path / "a.pt").exists() and not (tmp_path / "b.pt").exists()
+
+
+def test_tuning_for_flips_saves_a_second_setting_that_flips_predictions_use(crop, tmp_path):
+    image, labels = crop
+    folder = _tiles(tmp_path / "tiles", image, expand_labels(labels, 2))
+    out = tmp_path / "flips.pt"
+    argv = ["tune", "--val", str(folder), "--out", str(out), "--precision", "fp32", "--flips"]
+    assert main(argv) == 0
+    saved = NetConfig.from_dict(torch.load(out, weights_only=False)["config"])
+    shipped = load_predictor(DEFAULT_MODEL, precision="fp32").postprocess
+    assert saved.postprocess == shipped  # the one-pass setting is left as it was
+    assert saved.flips_postprocess.shrink == 0  # wide outlines: nothing taken off
+    assert load_predictor(str(out), flips=True).postprocess == saved.flips_postprocess
+    assert load_predictor(str(out)).postprocess == shipped
+    # Tuning the one-pass setting again drops the flips setting made for other tiles.
+    again = tmp_path / "again.pt"
+    assert main(["tune", "--model", str(out), "--val", str(folder), "--out", str(again)]) == 0
+    retuned = NetConfig.from_dict(torch.load(again, weights_only=False)["config"])
+    assert retuned.flips_postprocess is None
+    assert load_predictor(str(again), flips=True).postprocess == retuned.postprocess

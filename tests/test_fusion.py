@@ -25,7 +25,7 @@ from instasam.training.crops import (
 )
 from instasam.training.loop import batch_losses
 
-FUSED = NucleiNetConfig(widths=(4, 8, 16), sam_backbone="litemedsam_tiny")
+FUSED = NucleiNetConfig(widths=(4, 8, 16), sam_backbone="litemedsam_tiny", centre_head=False)
 
 
 def nuclei(size: int = 96, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

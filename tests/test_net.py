@@ -31,7 +31,7 @@ from instasam.training.loop import (
 from instasam.training.precision import resolve_device, resolve_precision
 from instasam.training.validation import ValTile
 
-TINY = NucleiNetConfig(widths=(4, 8, 16))
+TINY = NucleiNetConfig(widths=(4, 8, 16), centre_head=False)  # tiles without points
 
 
 def disks(size: int = 96, n: int = 6, radius: int = 7, seed: int = 0):
@@ -380,3 +380,120 @@ def test_validation_chooses_a_shrink_only_for_outlines_drawn_too_large():
         chosen, table = choose_thresholds(maps, tiles, PostprocessConfig())
         assert chosen.shrink == expected
         assert {row["shrink"] for row in table} == {0, 1}
+
+
+# -- the centre head -----------------------------------------------------------------------
+CENTRED = replace(TINY, centre_head=True)
+
+
+def test_a_centre_heatmap_peaks_where_the_crop_sees_each_point():
+    from instasam.augment import random_transform
+    from instasam.training.crops import centre_heatmap, inside_tile
+
+    config = replace(NetConfig().augment, scale_range=(0.5, 0.5))  # the crop zooms out 2x
+    transform = random_transform((400, 400), 64, config, np.random.default_rng(4))
+    rows, cols = transform.tile_coordinates()
+    points = np.array([[cols[20, 30], rows[20, 30]], [cols[50, 10], rows[50, 10]]])
+    heat = centre_heatmap(points, transform, sigma=4.0)
+    assert heat[20, 30] == pytest.approx(1.0) and heat[50, 10] == pytest.approx(1.0)
+    # 4 px in the tile are 2 px in the crop: one crop sigma from a peak, exp(-1/2) of it.
+    assert heat[20, 32] == pytest.approx(np.exp(-0.5), abs=0.02)
+    assert heat[5, 60] < 1e-3
+    assert centre_heatmap(np.zeros((0, 2)), transform, 4.0).max() == 0
+    # A crop reaching past the tile: only the tile's part is taught.
+    small = random_transform((40, 40), 64, config, np.random.default_rng(4))
+    inside = inside_tile(small, (40, 40))
+    rows, cols = small.tile_coordinates()
+    within = (rows > -0.5) & (rows < 39.5) & (cols > -0.5) & (cols < 39.5)
+    assert 0 < inside.mean() < 1
+    np.testing.assert_array_equal(inside, within)
+
+
+def test_a_batch_carries_centres_only_for_tiles_with_points():
+    image, labels, centres = disks()
+    config = tiny_net_config()
+    rng = np.random.default_rng(0)
+    args = (config.train, config.augment, "hovernet", rng)
+    _, plain, _ = training_batch([LabelledTile("a", image, labels)], *args)
+    assert all(t.centres is None for t in plain)
+    _, targets, _ = training_batch([LabelledTile("a", image, labels, points=centres)], *args)
+    for t in targets:
+        assert t.centres.shape == t.inside.shape == (64, 64)
+        # Peaks sit in nuclei: where the heatmap is high, the crop's labels are foreground.
+        assert t.foreground[t.centres > 0.9].all()
+
+
+def test_a_centre_head_adds_a_fourth_map_that_flips_without_a_sign():
+    torch.manual_seed(0)
+    net = NucleiUNet(CENTRED).eval()
+    image, _, _ = disks(size=64)
+    with torch.no_grad():
+        assert net.forward_any(torch.rand(1, 3, 37, 50) * 255).shape == (1, 4, 37, 50)
+    _, maps = predict_net_maps(net, image, "fp32", flips=True)
+    assert maps.shape == (3, 64, 64) and 0 <= maps[2].min() and maps[2].max() <= 1
+    _, mirrored = predict_net_maps(net, np.ascontiguousarray(image[:, ::-1]), "fp32", flips=True)
+    assert np.allclose(mirrored[2], maps[2][:, ::-1], atol=1e-5)
+    big, _, _ = disks(size=160, n=12)
+    whole = predict_net_maps(net, big, "fp32", window=256)[1]
+    tiled = predict_net_maps(net, big, "fp32", window=96)[1]
+    assert tiled.shape == (3, 160, 160) and np.abs(whole - tiled).max() < 0.05
+
+
+def test_training_teaches_the_centre_head_where_the_points_are(tmp_path):
+    from instasam.postprocess import centre_markers
+
+    image, labels, centres = disks(size=64, n=4, seed=2)
+    tiles = [LabelledTile("a", image, labels, points=centres)]
+    config = tiny_net_config(steps=150, lr=1e-2, val_every=1000, checkpoint_every=1000)
+    config = replace(config, net=CENTRED, augment=replace(config.augment, affine_p=0.0))
+    losses = []
+    train_net(
+        tiles, [], tmp_path, config, progress=False, on_step=lambda s, parts: losses.append(parts)
+    )
+    assert np.mean([x["centre"] for x in losses[-10:]]) < 0.5 * losses[0]["centre"]
+    net = load_predictor(tmp_path / "model.pt", precision="fp32").net
+    _, maps = predict_net_maps(net, image, "fp32")
+    found = np.argwhere(centre_markers(labels > 0, maps[2], config.postprocess))
+    assert len(found) == len(centres)
+    for x, y in centres:
+        assert np.hypot(found[:, 0] - y, found[:, 1] - x).min() < 7  # inside its disk
+
+
+def test_validation_tries_centre_markers_only_with_a_centre_map():
+    from instasam.config import PostprocessConfig
+    from instasam.targets import foreground_map, hv_maps
+    from instasam.training.validation import choose_thresholds
+
+    _, labels, centres = disks(size=128, n=8, seed=3)
+    tiles = [ValTile("v", np.zeros((*labels.shape, 3), np.uint8), labels)]
+    yy, xx = np.mgrid[:128, :128]
+    heat = np.max([np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / 18.0) for x, y in centres], axis=0)
+    flat = np.zeros((2, *labels.shape))
+    _, table = choose_thresholds(
+        [(foreground_map(labels), hv_maps(labels))], tiles, PostprocessConfig()
+    )
+    assert {row["markers"] for row in table} == {"edges"}
+    # Flat distance maps cannot split touching disks; the centre peaks can.
+    maps = [(foreground_map(labels), np.concatenate([flat, heat[None]]))]
+    chosen, table = choose_thresholds(maps, tiles, PostprocessConfig())
+    assert chosen.markers == "centres"
+    assert {row["markers"] for row in table} == {"edges", "centres", "edges+centres"}
+
+
+def test_a_configuration_round_trips_with_and_without_a_flips_setting():
+    from instasam.config import PostprocessConfig
+
+    plain = NetConfig()
+    assert plain.net.centre_head and plain.flips_postprocess is None
+    assert NetConfig.from_dict(json.loads(json.dumps(plain.to_dict()))) == plain
+    flips = replace(plain, flips_postprocess=PostprocessConfig(markers="centres", shrink=1))
+    assert NetConfig.from_dict(json.loads(json.dumps(flips.to_dict()))) == flips
+
+
+def test_a_checkpoint_saved_before_the_centre_head_existed_loads_without_one(tmp_path):
+    headless = replace(TINY, centre_head=False)
+    save_net(tmp_path / "old.pt", NucleiUNet(headless), NetConfig(net=headless))
+    payload = torch.load(tmp_path / "old.pt", weights_only=False)
+    del payload["config"]["net"]["centre_head"]  # as written before the field existed
+    net, config = net_from_payload(payload, tmp_path / "old.pt")
+    assert net.centre_head is None and not config.net.centre_head

@@ -15,6 +15,7 @@ from instasam.postprocess import (
     nuclei_from_markers,
     sobel,
     sobel_kernels,
+    split_by_centres,
 )
 from instasam.targets import foreground_map, hv_maps
 
@@ -276,3 +277,72 @@ def test_given_one_marker_per_nucleus_the_watershed_splits_a_merged_foreground()
         assert _iou(nuclei == k, truth == k) > 0.85
     lone = nuclei_from_markers(foreground, (markers == 1).astype(np.int32), edges, config)
     assert lone.max() == 1  # one marker: one object over the whole blob
+
+
+# --- centre markers ---------------------------------------------------------------------
+
+
+def _gaussians(shape, centres, sigma=3.0) -> np.ndarray:
+    rr, cc = np.mgrid[: shape[0], : shape[1]]
+    bumps = [np.exp(-((rr - r) ** 2 + (cc - c) ** 2) / (2 * sigma**2)) for r, c in centres]
+    return np.max(bumps, axis=0)
+
+
+def test_centre_markers_split_what_flat_distance_maps_leave_whole():
+    labels = _touching_disks()
+    fg = foreground_map(labels)
+    flat = np.zeros((2, *fg.shape), np.float32)
+    centres = _gaussians(fg.shape, ((32, 26), (32, 44)))
+    with_centres = np.concatenate([flat, centres[None]]).astype(np.float32)
+    by_edges = instances_from_maps(fg, with_centres, PostprocessConfig(markers="edges"))
+    by_centres = instances_from_maps(fg, with_centres, PostprocessConfig(markers="centres"))
+    assert by_edges.max() == 1  # no distance signal: one object
+    assert by_centres.max() == 2
+    for k in (1, 2):
+        assert _best_iou(by_centres, labels == k) > 0.8
+
+
+def test_centre_peaks_below_the_threshold_or_too_close_are_not_markers():
+    labels = _touching_disks()
+    fg = foreground_map(labels)
+    maps = np.concatenate([hv_maps(labels), _gaussians(fg.shape, ((32, 26), (32, 44)))[None]])
+    weak = maps.copy()
+    weak[2] *= np.where(np.arange(fg.shape[1]) < 35, 1.0, 0.2)  # the right peak at 0.2
+    config = PostprocessConfig(markers="centres", centre_threshold=0.5)
+    assert instances_from_maps(fg, weak.astype(np.float32), config).max() == 1
+    far = replace(config, centre_threshold=0.1, centre_distance=25)  # peaks 18 px apart
+    assert instances_from_maps(fg, maps.astype(np.float32), far).max() == 1
+    near = replace(config, centre_threshold=0.1, centre_distance=4)
+    assert instances_from_maps(fg, maps.astype(np.float32), near).max() == 2
+
+
+def test_centre_markers_without_a_centre_map_are_refused():
+    labels = _touching_disks()
+    config = PostprocessConfig(markers="centres")
+    with pytest.raises(ValueError, match="centre map"):
+        instances_from_maps(foreground_map(labels), hv_maps(labels), config)
+
+
+def test_a_core_spanning_two_centres_is_split_and_the_other_cores_stay():
+    markers = np.zeros((20, 40), np.int32)
+    markers[5:15, 2:18] = 1  # one core over two nuclei
+    markers[5:15, 22:28] = 2  # a core with its centre
+    markers[5:15, 32:38] = 3  # a core the centre map missed
+    centres = np.zeros_like(markers)
+    for k, (r, c) in enumerate([(10, 5), (10, 14), (10, 25)], start=1):
+        centres[r, c] = k
+    split = split_by_centres(markers, centres)
+    np.testing.assert_array_equal(split[markers == 2], 2)
+    np.testing.assert_array_equal(split[markers == 3], 3)
+    assert not split[(markers == 1) & (centres == 0)].any()
+    assert split[10, 5] != split[10, 14] and min(split[10, 5], split[10, 14]) > 3
+    np.testing.assert_array_equal(split_by_centres(markers, np.zeros_like(markers)), markers)
+
+
+def test_edges_and_centres_markers_split_touching_nuclei_the_edges_bridge():
+    labels = _touching_disks()
+    fg = foreground_map(labels)
+    centres = _gaussians(fg.shape, ((32, 26), (32, 44)))
+    maps = np.concatenate([np.zeros((2, *fg.shape)), centres[None]]).astype(np.float32)
+    pred = instances_from_maps(fg, maps, PostprocessConfig(markers="edges+centres"))
+    assert pred.max() == 2  # the flat maps leave one core; its two centres split it

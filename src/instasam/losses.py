@@ -1,4 +1,5 @@
-"""Losses with ignore masks: L = w_prompt * L_S' + w_fg * L_B + w_dist * L_D (+ w_grad * L_G)."""
+"""Losses with ignore masks: L = w_prompt * L_S' + w_fg * L_B + w_dist * L_D (+ w_grad * L_G
++ w_centre * L_C)."""
 
 from __future__ import annotations
 
@@ -91,11 +92,12 @@ def mask_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) 
 
 
 def total_loss(parts: dict[str, torch.Tensor], config: LossConfig) -> torch.Tensor:
-    """Weighted sum of the parts present (``prompt``, ``fg``, ``dist``, ``grad``)."""
+    """Weighted sum of the parts present (``prompt``, ``fg``, ``dist``, ``grad``, ``centre``)."""
     weights = {
         "prompt": config.w_prompt,
         "fg": config.w_fg,
         "dist": config.w_dist,
         "grad": config.w_grad,
+        "centre": config.w_centre,
     }
     return sum(weights[name] * value for name, value in parts.items())

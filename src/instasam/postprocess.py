@@ -1,7 +1,8 @@
 """Instances from the nuclei decoder's outputs: marker-controlled watershed (HoVer-Net style).
 
 Input: the foreground probability B' ``(H, W)`` and the distance maps D' ``(2, H, W)``
-(channel 0 horizontal, 1 vertical; see :mod:`instasam.targets`). Output: an ``int32``
+(channel 0 horizontal, 1 vertical; see :mod:`instasam.targets`), followed for a network
+with a centre head by its centre probability (then ``(3, H, W)``). Output: an ``int32``
 instance map, 0 background, 1..N nuclei. Every number comes from
 :class:`instasam.config.PostprocessConfig`; its defaults are the authors' thresholds and
 :meth:`~instasam.config.PostprocessConfig.hovernet` gives HoVer-Net's.
@@ -18,7 +19,10 @@ Steps
    The edge map is the larger of the two axes' values, 0 off the foreground.
 3. Markers: foreground pixels with edge strength below ``edge_threshold``, holes filled,
    opened with a disk of radius ``marker_opening``, components of fewer than
-   ``min_marker_area`` pixels dropped, labelled.
+   ``min_marker_area`` pixels dropped, labelled. With ``markers="centres"`` and a centre
+   map, the map's peaks on the foreground instead (:func:`centre_markers`); with
+   ``"edges+centres"``, the edges' markers, each that holds two or more peaks replaced by
+   them (:func:`split_by_centres`).
 4. Watershed (``skimage.segmentation.watershed``) from the markers, inside the foreground,
    on the edge-weighted distance ``-(1 - edge)`` smoothed by a Gaussian of
    ``smoothing_sigma``; a foreground component that holds no marker becomes one object
@@ -61,6 +65,7 @@ from functools import lru_cache
 
 import numpy as np
 from scipy import ndimage
+from skimage.feature import peak_local_max
 from skimage.morphology import disk
 from skimage.segmentation import find_boundaries, watershed
 
@@ -171,7 +176,17 @@ def instances_from_maps(
     if not foreground.any():
         return np.zeros(fg_prob.shape, dtype=np.int32)
     edges = edge_map(hv, foreground, config.sobel_ksize)
-    return nuclei_from_markers(foreground, marker_labels(foreground, edges, config), edges, config)
+    if config.markers == "edges":
+        markers = marker_labels(foreground, edges, config)
+    elif hv.shape[0] != 3:
+        raise ValueError(f"markers={config.markers!r} needs a centre map (a centre head)")
+    elif config.markers == "centres":
+        markers = centre_markers(foreground, hv[2], config)
+    else:
+        markers = split_by_centres(
+            marker_labels(foreground, edges, config), centre_markers(foreground, hv[2], config)
+        )
+    return nuclei_from_markers(foreground, markers, edges, config)
 
 
 def nuclei_from_markers(
@@ -197,8 +212,11 @@ def _checked_inputs(fg_prob: np.ndarray, hv: np.ndarray) -> tuple[np.ndarray, np
     hv = np.asarray(hv, dtype=np.float32)
     if fg_prob.ndim != 2:
         raise ValueError(f"foreground map must be (H, W), got shape {fg_prob.shape}")
-    if hv.shape != (2, *fg_prob.shape):
-        raise ValueError(f"distance maps must be (2, H, W) = {(2, *fg_prob.shape)}, got {hv.shape}")
+    if hv.shape not in ((2, *fg_prob.shape), (3, *fg_prob.shape)):
+        raise ValueError(
+            f"distance maps must be (2, H, W) = {(2, *fg_prob.shape)} (or (3, H, W) with a "
+            f"centre map), got {hv.shape}"
+        )
     if not (np.isfinite(fg_prob).all() and np.isfinite(hv).all()):
         raise ValueError("foreground or distance maps hold NaN or infinite values")
     return fg_prob, hv
@@ -220,6 +238,50 @@ def marker_labels(
         marker_mask = ndimage.binary_opening(marker_mask, structure=disk(config.marker_opening))
     markers, _ = ndimage.label(marker_mask, structure=_FULL)
     return _without_small_objects(markers, config.min_marker_area)
+
+
+def centre_markers(
+    foreground: np.ndarray, centres: np.ndarray, config: PostprocessConfig
+) -> np.ndarray:
+    """One labelled single-pixel seed per nucleus: the peaks of the centre probability on
+    the foreground, ``centre_distance`` px apart or more, ``centre_threshold`` or higher."""
+    peaks = peak_local_max(
+        np.where(foreground, centres, 0.0),
+        min_distance=max(1, config.centre_distance),
+        threshold_abs=config.centre_threshold,
+        exclude_border=False,
+    )
+    markers = np.zeros(foreground.shape, dtype=np.int32)
+    markers[peaks[:, 0], peaks[:, 1]] = np.arange(1, len(peaks) + 1, dtype=np.int32)
+    return markers
+
+
+def split_by_centres(markers: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """``markers`` with each one that holds two or more ``centres`` (single-pixel seeds)
+    replaced by those seeds; the others kept as they are, with or without a centre.
+
+    The edges' cores follow a nucleus's shape and stand for it where the centre map
+    missed it; where one core spans two centres, it bridges touching nuclei.
+    """
+    at_peaks = markers[centres > 0]
+    counts = np.bincount(at_peaks, minlength=int(markers.max()) + 1)
+    counts[0] = 0
+    split = counts >= 2
+    if not split.any():
+        return markers
+    kept = np.where(split[markers], 0, markers)
+    seeds = (centres > 0) & split[markers]
+    new_ids = np.cumsum(seeds.ravel()).reshape(seeds.shape) + int(markers.max())
+    return np.where(seeds, new_ids, kept).astype(np.int32)
+
+
+def marker_setting(config: PostprocessConfig) -> str:
+    """How ``config`` seeds the watershed, in words: ``"marker 0.4"``, ``"centres 0.3"``
+    or ``"marker 0.4 split at centres 0.3"``."""
+    edges, centres = f"marker {config.edge_threshold}", f"centres {config.centre_threshold}"
+    if config.markers == "edges":
+        return edges
+    return centres if config.markers == "centres" else f"{edges} split at {centres}"
 
 
 def _filled(mask: np.ndarray) -> np.ndarray:
@@ -271,4 +333,13 @@ def _relabelled(labels: np.ndarray) -> np.ndarray:
     return lookup[labels]
 
 
-__all__ = ["edge_map", "instances_from_maps", "shrunk_instances", "sobel", "sobel_kernels"]
+__all__ = [
+    "centre_markers",
+    "edge_map",
+    "instances_from_maps",
+    "marker_setting",
+    "shrunk_instances",
+    "sobel",
+    "sobel_kernels",
+    "split_by_centres",
+]

@@ -290,7 +290,7 @@ def _provenance(pred_dir: str | os.PathLike) -> str:
         text = (
             f"Model: <code>{html.escape(str(record['model']))}</code>"
             + (f" (sha256 {html.escape(record['sha256'][:12])}…)" if record.get("sha256") else "")
-            + f"; thresholds: foreground {post['fg_threshold']}, marker {post['edge_threshold']}"
+            + f"; thresholds: foreground {post['fg_threshold']}, {_markers_in(post)}"
             + (f", shrink {post['shrink']} px" if post.get("shrink") else "")
             + f"; precision {html.escape(str(record['precision']))}"
             + ("; four flips averaged" if record.get("flips") else "")
@@ -303,6 +303,17 @@ def _provenance(pred_dir: str | os.PathLike) -> str:
             "in the prediction folder; `instasam predict` writes one)."
         )
     return f'<p id="provenance">{text}</p>'
+
+
+def _markers_in(post: Mapping) -> str:
+    """A prediction record's watershed seeds, in the words of ``marker_setting``."""
+    from dataclasses import fields, replace
+
+    from instasam.config import PostprocessConfig
+    from instasam.postprocess import marker_setting
+
+    known = {f.name for f in fields(PostprocessConfig)}
+    return marker_setting(replace(PostprocessConfig(), **{k: post[k] for k in known & set(post)}))
 
 
 def _few(stems: list[str], shown: int = 3) -> str:

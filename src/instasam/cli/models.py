@@ -57,9 +57,11 @@ def _stain(config) -> str:
 
 def _thresholds(config) -> str:
     """The post-processing a model's predictions get unless the user overrides it."""
+    from instasam.postprocess import marker_setting
+
     post = config.postprocess
     return (
-        f"foreground {post.fg_threshold}, marker {post.edge_threshold}, min area "
+        f"foreground {post.fg_threshold}, {marker_setting(post)}, min area "
         f"{post.min_area} px, shrink {post.shrink} px (chosen on the validation tiles; "
         "--fg-threshold, --edge-threshold, --min-area and --shrink override them)"
     )

@@ -51,6 +51,19 @@ def add_threshold_options(p: argparse.ArgumentParser) -> None:
         help="watershed edge (marker) threshold in (0, 1) (default: the model's)",
     )
     p.add_argument(
+        "--markers",
+        choices=("edges", "centres", "edges+centres"),
+        help="watershed seeds: the cores the distance maps' edges leave, the peaks of the "
+        "centre map of a network with a centre head, or the cores with each that holds "
+        "several peaks split into them (default: the model's)",
+    )
+    p.add_argument(
+        "--centre-threshold",
+        type=unit_interval,
+        help="lowest centre-map peak taken as a nucleus, with --markers centres "
+        "(default: the model's)",
+    )
+    p.add_argument(
         "--min-area",
         type=int,
         help="smallest nucleus kept, in pixels (default: the model's)",
@@ -106,6 +119,8 @@ def threshold_overrides(args: argparse.Namespace) -> dict[str, float]:
     given = {
         "fg_threshold": args.fg_threshold,
         "edge_threshold": args.edge_threshold,
+        "markers": args.markers,
+        "centre_threshold": args.centre_threshold,
         "min_area": args.min_area,
         "shrink": args.shrink,
     }
@@ -133,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
 
     from instasam.io.labels import write_label_map
     from instasam.io.maps import read_maps
-    from instasam.postprocess import instances_from_maps
+    from instasam.postprocess import instances_from_maps, marker_setting
 
     if not args.maps.is_dir():
         raise InputError(args.maps, "maps folder not found")
@@ -143,7 +158,11 @@ def run(args: argparse.Namespace) -> int:
     config = postprocess_config(args)
     todo = [p for p in files if args.overwrite or not (args.out / f"{p.stem}.tif").exists()]
     for path in todo:  # a damaged file fails the run before any output is written
-        read_maps(path)
+        _, hv = read_maps(path)
+        if config.markers != "edges" and hv.shape[0] != 3:
+            raise InputError(
+                path, f"holds no centre map (a centre head's) for --markers {config.markers}"
+            )
     done = 0
     for path in tqdm(todo, desc="maps", unit="image", disable=None):
         out = args.out / f"{path.stem}.tif"
@@ -151,8 +170,8 @@ def run(args: argparse.Namespace) -> int:
         write_label_map(out, instances_from_maps(foreground, hv, config))
         done += 1
     print(
-        f"{done} map(s) post-processed (foreground >= {config.fg_threshold}, marker "
-        f"{config.edge_threshold}, min area {config.min_area}, shrink {config.shrink}), "
+        f"{done} map(s) post-processed (foreground >= {config.fg_threshold}, "
+        f"{marker_setting(config)}, min area {config.min_area}, shrink {config.shrink}), "
         f"{len(files) - done} already done; output in {args.out}"
     )
     return 0

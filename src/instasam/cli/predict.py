@@ -10,7 +10,7 @@ from instasam.cli.postprocess import (
     add_threshold_options,
     non_negative_float,
     positive_float,
-    with_thresholds,
+    threshold_overrides,
 )
 from instasam.errors import InputError
 from instasam.io.images import list_images, read_rgb
@@ -185,13 +185,13 @@ def run(args: argparse.Namespace) -> int:
         flips=args.flips,
         device=args.device,
         stain_strength=args.stain_strength,
+        overrides=threshold_overrides(args),
     )
     model = getattr(predictor, "model", None)
     if model is not None and not model.backbone.pretrained:
         print("warning: this model's backbone has RANDOM weights; its output is not meaningful")
     if args.overlap is not None and model is not None:
         predictor.config = replace(predictor.config, overlap=args.overlap)
-    predictor.postprocess = with_thresholds(predictor.postprocess, args)
     target_mpp = args.target_mpp or getattr(predictor, "mpp", None)
     if args.mpp and target_mpp is None:
         print("note: the model records no resolution; the images are used as they are")

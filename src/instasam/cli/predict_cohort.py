@@ -98,6 +98,10 @@ def run(args: argparse.Namespace) -> int:
     workers = args.workers or default_workers(cores)
     threads = args.threads_per_worker or (1 if args.scheduler else max(1, cores // workers))
     overrides = threshold_overrides(args)
+    if overrides.get("markers", "edges") != "edges":  # refused here, not in every worker
+        from instasam.predict.tiles import load_predictor
+
+        load_predictor(model_path, overrides=overrides)
     spec = ModelSpec(
         str(model_path.resolve()),
         args.precision,

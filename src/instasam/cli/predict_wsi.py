@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from instasam.cli.postprocess import add_threshold_options, threshold_overrides, with_thresholds
+from instasam.cli.postprocess import add_threshold_options, threshold_overrides
 from instasam.cli.predict import add_speed_options
 
 if TYPE_CHECKING:
@@ -171,8 +171,8 @@ def run(args: argparse.Namespace) -> int:
             flips=args.flips,
             device=args.device,
             stain_strength=args.stain_strength,
+            overrides=threshold_overrides(args),
         )
-        predictor.postprocess = with_thresholds(predictor.postprocess, args)
         result = predict_slide(
             slide,
             predictor,

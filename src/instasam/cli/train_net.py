@@ -168,6 +168,7 @@ def run_net(args: argparse.Namespace) -> int:
             ignore_around_unlabelled_points(
                 background_beside_nuclei(labels, rim), s.points, radius, fill
             ),
+            points=s.points if config.net.centre_head else None,
         )
         for s, labels in zip(loaded, fixed_labels(args, loaded, source), strict=True)
     ]

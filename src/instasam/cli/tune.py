@@ -36,6 +36,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, type=Path, help="the tuned model file to write")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument(
+        "--flips",
+        action="store_true",
+        help="choose the setting for `instasam predict --flips` (on flip-averaged maps, 4x "
+        "the network's time) and save it beside the model's own",
+    )
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     add_precision_option(p)
     p.set_defaults(func=run)
@@ -46,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from instasam.io.folder import list_samples, load_sample
     from instasam.model.instasam import load_payload
     from instasam.model.unet import is_net_checkpoint, net_from_payload, save_net
+    from instasam.postprocess import marker_setting
     from instasam.pretrained import resolve_model
 
     if args.out.exists() and not args.overwrite:
@@ -79,16 +86,23 @@ def run(args: argparse.Namespace) -> int:
 
         embed = SamEmbedder(config.net.sam_backbone, precision)
     tiles = standardised_tiles([ValTile(s.stem, s.image, s.labels) for s in loaded], config.stain)
-    maps = validation_maps(net, tiles, precision, embed)
-    before = score_maps(maps, tiles, config.postprocess)
-    chosen, _ = choose_thresholds(maps, tiles, config.postprocess)
+    maps = validation_maps(net, tiles, precision, embed, flips=args.flips)
+    own = config.postprocess
+    if args.flips and config.flips_postprocess is not None:
+        own = config.flips_postprocess
+    before = score_maps(maps, tiles, own)
+    chosen, _ = choose_thresholds(maps, tiles, own)
     after = score_maps(maps, tiles, chosen)
     extra = {k: payload[k] for k in ("step", "val") if k in payload}
-    tuned = replace(config, postprocess=chosen)
+    if args.flips:
+        tuned = replace(config, flips_postprocess=chosen)
+    else:  # a setting for flips chosen on other tiles would no longer fit these annotators
+        tuned = replace(config, postprocess=chosen, flips_postprocess=None)
     save_net(args.out, net, tuned, **extra, tuned_on=str(args.val), tuned_val=after)
     print(
-        f"on {len(tiles)} tile(s): foreground {chosen.fg_threshold}, marker "
-        f"{chosen.edge_threshold}, shrink {chosen.shrink} px: AJI {100 * after['aji']:.1f}, "
+        ("with flips, " if args.flips else "")
+        + f"on {len(tiles)} tile(s): foreground {chosen.fg_threshold}, "
+        f"{marker_setting(chosen)}, shrink {chosen.shrink} px: AJI {100 * after['aji']:.1f}, "
         f"Dice_obj {100 * after['dice_obj']:.1f} (the model's own setting: AJI "
         f"{100 * before['aji']:.1f}, Dice_obj {100 * before['dice_obj']:.1f}); "
         f"written to {args.out}"

@@ -1,5 +1,7 @@
 """Saved network outputs: foreground probability and distance maps of one image (``.npz``).
 
+A network with a centre head saves its centre probability as a third ``hv`` channel.
+
 ``instasam predict --save-maps`` writes them so that post-processing can be re-run with
 other thresholds (``instasam postprocess``) without the model. They are kept as float32,
 as predicted: float16 moved pixels across the foreground threshold, so that post-processing
@@ -21,7 +23,8 @@ MAP_KEYS = ("foreground", "hv")
 
 
 def write_maps(path: str | os.PathLike, foreground: np.ndarray, hv: np.ndarray) -> None:
-    """Write ``foreground`` ``(H, W)`` and ``hv`` ``(2, H, W)`` as float32, atomically."""
+    """Write ``foreground`` ``(H, W)`` and ``hv`` ``(2, H, W)`` (``(3, H, W)`` with a centre
+    map) as float32, atomically."""
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez_compressed(fh, foreground=foreground.astype(np.float32), hv=hv.astype(np.float32))
 
@@ -41,7 +44,7 @@ def read_maps(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(path, f"cannot read saved maps: {reason}") from None
-    if foreground.ndim != 2 or hv.shape != (2, *foreground.shape):
+    if foreground.ndim != 2 or hv.shape not in ((2, *foreground.shape), (3, *foreground.shape)):
         raise InputError(
             path, f"map shapes do not fit: foreground {foreground.shape}, hv {hv.shape}"
         )

@@ -7,6 +7,8 @@ trained (issue 12). This network sees every pixel instead. SAM's part in the met
 where it earns its place: its point-prompted masks are the pseudo labels this network
 learns from. The outputs are those of the nuclei decoder - a foreground logit and the
 two HoVer-style distance maps - so training losses, targets and the watershed are shared.
+With ``NucleiNetConfig.centre_head`` a fourth output, a nucleus-centre map, learns from the
+points themselves, so the watershed can be seeded with one marker per nucleus found.
 
 Being fully convolutional, it takes a whole tile in one pass (padded to a multiple of
 ``2 ** depth``), which is what makes CPU inference fast.
@@ -48,7 +50,8 @@ def _double_conv(c_in: int, c_out: int) -> nn.Sequential:
 
 
 class NucleiUNet(nn.Module):
-    """RGB ``(B, 3, H, W)`` in 0..255 -> ``(B, 3, H, W)``: foreground logit, h and v distance.
+    """RGB ``(B, 3, H, W)`` in 0..255 -> ``(B, 3, H, W)``: foreground logit, h and v distance
+    (``(B, 4, H, W)`` with a centre head: then the centre logit follows).
 
     ``H`` and ``W`` must be multiples of :attr:`multiple`; :meth:`forward_any` pads.
     """
@@ -81,6 +84,7 @@ class NucleiUNet(nn.Module):
             nn.ReLU(inplace=True),
             nn.Conv2d(widths[0], 2, 1),
         )
+        self.centre_head = nn.Conv2d(widths[0], 1, 1) if self.config.centre_head else None
 
     @property
     def fused(self) -> bool:
@@ -111,7 +115,10 @@ class NucleiUNet(nn.Module):
         for i in reversed(range(len(self.up))):
             x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
             x = self.up[i](torch.cat([x, skips[i]], dim=1))
-        return torch.cat([self.fg_head(x), torch.tanh(self.dist_head(x))], dim=1)
+        maps = [self.fg_head(x), torch.tanh(self.dist_head(x))]
+        if self.centre_head is not None:
+            maps.append(self.centre_head(x))
+        return torch.cat(maps, dim=1)
 
     def forward_any(self, rgb: torch.Tensor, embedding: torch.Tensor | None = None) -> torch.Tensor:
         """:meth:`forward` on any size: reflect-padded to :attr:`multiple`, cropped back.
@@ -154,12 +161,21 @@ def is_net_checkpoint(payload: dict[str, Any]) -> bool:
     return payload.get("format") == NET_FORMAT
 
 
+def _with_legacy_fields(config: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's configuration with what it lacks because it predates the field: a
+    network saved before the centre head existed has none."""
+    net = config.get("net") if isinstance(config, dict) else None
+    if isinstance(net, dict) and "centre_head" not in net:
+        return {**config, "net": {**net, "centre_head": False}}
+    return config
+
+
 def net_from_payload(
     payload: dict[str, Any], path: str | os.PathLike
 ) -> tuple[NucleiUNet, NetConfig]:
     """Rebuild the network of a checkpoint, strictly (every tensor present and used)."""
     try:
-        config = NetConfig.from_dict(payload["config"])
+        config = NetConfig.from_dict(_with_legacy_fields(payload["config"]))
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(path, f"bad configuration in checkpoint ({exc})") from None
     fused_with = config.net.sam_backbone

@@ -34,7 +34,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -124,8 +124,8 @@ class ModelSpec:
             flips=self.flips,
             device=self.device,
             stain_strength=self.stain_strength,
+            overrides=dict(self.postprocess),
         )
-        predictor.postprocess = replace(predictor.postprocess, **dict(self.postprocess))
         return predictor
 
 

@@ -42,7 +42,8 @@ def labels_resized_to(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def maps_resized_to(
     fg: np.ndarray, hv: np.ndarray, shape: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Foreground ``(H, W)`` and distance ``(2, H, W)`` maps resized to ``shape`` (bilinear)."""
+    """Foreground ``(H, W)`` and distance ``(2, H, W)`` maps (and a centre map, as a third
+    channel) resized to ``shape`` (bilinear)."""
     return _float_resized(fg, shape), np.stack([_float_resized(m, shape) for m in hv])
 
 

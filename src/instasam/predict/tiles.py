@@ -9,7 +9,9 @@ foreground probability and distance maps are then post-processed into instances.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -92,9 +94,12 @@ def load_predictor(
     flips: bool = False,
     device: str = "cpu",
     stain_strength: float | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> ModelPredictor | NetPredictor:
     """Load a model as a predictor: a shipped model's name, a nuclei network's or an
-    InstaSAM run's ``model.pt``. Settings default to those saved with the model.
+    InstaSAM run's ``model.pt``. Settings default to those saved with the model (with
+    ``flips``, a nuclei network's setting for flips where it has one); ``overrides``
+    replaces single post-processing settings (e.g. ``fg_threshold``).
 
     ``device`` (``"cpu"``, ``"cuda"`` or ``"auto"``) is where a nuclei network runs; the
     paper's InstaSAM models run on the CPU only. ``stain_strength`` replaces a nuclei network's
@@ -105,6 +110,11 @@ def load_predictor(
     payload = load_payload(path)
     if is_net_checkpoint(payload):
         net, net_config = net_from_payload(payload, path)
+        saved = net_config.postprocess
+        if flips and net_config.flips_postprocess is not None:
+            saved = net_config.flips_postprocess
+        postprocess = replace(postprocess or saved, **(overrides or {}))
+        _check_markers(postprocess, net_config.net.centre_head, path)
         net.to(device)
         chosen = resolve_precision(precision, device=device)
         embed = None
@@ -114,7 +124,7 @@ def load_predictor(
             embed = SamEmbedder(net_config.net.sam_backbone, chosen)
         return NetPredictor(
             net=net,
-            postprocess=postprocess or net_config.postprocess,
+            postprocess=postprocess,
             mpp=net_config.train.mpp,
             precision=chosen,
             flips=flips,
@@ -126,12 +136,20 @@ def load_predictor(
     if device != "cpu":
         raise InputError(path, "an InstaSAM (--arch instasam) model runs on the CPU only")
     model = load_model(path, backbone_checkpoint=backbone_checkpoint, payload=payload)
+    postprocess = replace(postprocess or model.config.postprocess, **(overrides or {}))
+    _check_markers(postprocess, False, path)
     return ModelPredictor(
         model=model,
         config=config or model.config.predict,
-        postprocess=postprocess or model.config.postprocess,
+        postprocess=postprocess,
         mpp=model.config.train.mpp,
     )
+
+
+def _check_markers(postprocess: PostprocessConfig, centre_head: bool, path) -> None:
+    if postprocess.markers != "edges" and not centre_head:
+        reason = f"has no centre head, so its watershed cannot use --markers {postprocess.markers}"
+        raise InputError(path, reason)
 
 
 # -- the full-resolution nuclei network ----------------------------------------------------
@@ -148,7 +166,8 @@ def predict_net_maps(
     window: int = NET_WINDOW,
     embed: Embed | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Foreground probability ``(H, W)`` and distance maps ``(2, H, W)`` from the network.
+    """Foreground probability ``(H, W)`` and distance maps ``(2, H, W)`` from the network
+    (``(3, H, W)`` for a network with a centre head: the centre probability follows).
 
     An image up to ``window`` px a side is one forward pass; a larger one is cut into
     overlapping windows whose cores are stitched. ``flips`` averages the maps of the image
@@ -162,7 +181,7 @@ def predict_net_maps(
     if h <= window and w <= window:
         return _net_maps_once(net, image, precision, flips, embed)
     fg = np.zeros((h, w), dtype=np.float32)
-    hv = np.zeros((2, h, w), dtype=np.float32)
+    hv = np.zeros((3 if net.centre_head is not None else 2, h, w), dtype=np.float32)
     padded = pad_to(image, window)
     for win in windows((h, w), window, NET_OVERLAP):
         f, d = _net_maps_once(net, win.crop(padded), precision, flips, embed)
@@ -197,7 +216,10 @@ def _net_maps_once(
         with autocast(precision, device.type):
             out = net.forward_any(x, e).float()
         out = out.flip(dims) if dims else out
-        out = torch.cat([torch.sigmoid(out[:, :1]), out[:, 1:2] * sh, out[:, 2:3] * sv], dim=1)
+        # A centre head's map, if any, follows the distance maps; a flip keeps its sign.
+        probabilities = torch.sigmoid(out[:, :1]), torch.sigmoid(out[:, 3:])
+        distances = out[:, 1:2] * sh, out[:, 2:3] * sv
+        out = torch.cat([probabilities[0], *distances, probabilities[1]], dim=1)
         total = out if total is None else total + out
     maps = (total / len(variants))[0, :, :h, :w].cpu().numpy()
     return np.ascontiguousarray(maps[0]), np.ascontiguousarray(maps[1:])

@@ -9,6 +9,10 @@ and its brightness and contrast perturbed.
 For the fused network each tile also carries SAM's whole-tile embedding (one cell per 4x4
 px), resampled into the crop with the crop's own transform, so the embedding moves with
 the image. Colour jitter does not reach it: it was computed once, from the tile as it is.
+
+For a network with a centre head each tile also carries its points, and each crop a
+Gaussian at every point, drawn where the crop's transform puts it (:func:`centre_heatmap`):
+the one supervision the user gave, unfiltered by SAM.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class LabelledTile:
     image: np.ndarray
     labels: np.ndarray
     embedding: np.ndarray | None = None  # (256, S/4, S/4) for the fused network
+    points: np.ndarray | None = None  # (N, 2) x, y: for a network with a centre head
 
 
 @dataclass
@@ -44,6 +49,8 @@ class CropTargets:
     foreground: np.ndarray  # (H, W) float32 0/1
     distance: np.ndarray  # (2, H, W) float32, horizontal and vertical, in [-1, 1]
     weight: np.ndarray  # (H, W) float32: 0 on ignored pixels
+    centres: np.ndarray | None = None  # (H, W) float32 in [0, 1]: Gaussians at the points
+    inside: np.ndarray | None = None  # (H, W) float32: 1 where the crop samples the tile
 
 
 def area_weights(tiles: list[LabelledTile]) -> np.ndarray:
@@ -114,6 +121,40 @@ def crop_targets(labels: np.ndarray, hv_scaling: str = "hovernet") -> CropTarget
     )
 
 
+def centre_heatmap(points: np.ndarray, transform: CropTransform, sigma: float) -> np.ndarray:
+    """``(size, size)`` float32: the larger of the Gaussians (peak 1, ``sigma`` px in the
+    tile) at the tile's ``points`` (x, y), drawn in the crop.
+
+    Points just outside the crop count too, since their Gaussians reach in; the crop's
+    scale stretches each Gaussian as it stretches the nucleus.
+    """
+    size = transform.size
+    heat = np.zeros((size, size), dtype=np.float32)
+    if not len(points):
+        return heat
+    local = transform.points_to_crop(np.asarray(points, dtype=np.float64))
+    crop_sigma = sigma * np.sqrt(abs(np.linalg.det(np.linalg.inv(transform.matrix[:, :2]))))
+    reach = 3.0 * crop_sigma
+    near = np.all((local >= -reach) & (local <= size - 1 + reach), axis=1)
+    grid = np.arange(size, dtype=np.float64)
+    for x, y in local[near]:
+        c0, c1 = int(max(0, np.floor(x - reach))), int(min(size, np.ceil(x + reach) + 1))
+        r0, r1 = int(max(0, np.floor(y - reach))), int(min(size, np.ceil(y + reach) + 1))
+        if c0 >= c1 or r0 >= r1:
+            continue
+        gx = np.exp(-((grid[c0:c1] - x) ** 2) / (2 * crop_sigma**2))
+        gy = np.exp(-((grid[r0:r1] - y) ** 2) / (2 * crop_sigma**2))
+        np.maximum(heat[r0:r1, c0:c1], np.outer(gy, gx).astype(np.float32), out=heat[r0:r1, c0:c1])
+    return heat
+
+
+def inside_tile(transform: CropTransform, shape: tuple[int, int]) -> np.ndarray:
+    """``(size, size)`` float32: 1 where the crop pixel samples the tile, 0 beyond it."""
+    rows, cols = transform.tile_coordinates()
+    inside = (rows >= -0.5) & (rows <= shape[0] - 0.5) & (cols >= -0.5) & (cols <= shape[1] - 0.5)
+    return inside.astype(np.float32)
+
+
 def training_batch(
     tiles: list[LabelledTile],
     config: NetTrainConfig,
@@ -129,7 +170,11 @@ def training_batch(
         tile = tiles[rng.choice(len(tiles), p=p)]
         image, labels, transform = sample_crop(tile, config.crop_size, augment, rng)
         images.append(jitter_colour(image, config, rng))
-        targets.append(crop_targets(labels, hv_scaling))
+        crop = crop_targets(labels, hv_scaling)
+        if tile.points is not None:
+            crop.centres = centre_heatmap(tile.points, transform, config.centre_sigma)
+            crop.inside = inside_tile(transform, tile.labels.shape)
+        targets.append(crop)
         if tile.embedding is not None:
             embeddings.append(crop_embedding(tile.embedding, transform))
     stacked = np.stack(embeddings) if embeddings else None

@@ -27,7 +27,13 @@ from tqdm.auto import tqdm
 
 from instasam.config import NetConfig, NetTrainConfig
 from instasam.io.atomic import atomic_path, write_text_atomic
-from instasam.losses import mask_loss, masked_distance_loss, masked_gradient_loss, total_loss
+from instasam.losses import (
+    mask_loss,
+    masked_bce,
+    masked_distance_loss,
+    masked_gradient_loss,
+    total_loss,
+)
 from instasam.model.sam_embedding import Embed
 from instasam.model.unet import NucleiUNet, net_from_payload, save_net
 from instasam.training.crops import CropTargets, LabelledTile, training_batch
@@ -127,10 +133,14 @@ def batch_losses(
     weight = tensor(np.stack([t.weight for t in targets]))
     parts = {
         "fg": mask_loss(out[:, 0], fg, weight),
-        "dist": masked_distance_loss(out[:, 1:], hv, weight[:, None], kind=config.loss.dist_loss),
+        "dist": masked_distance_loss(out[:, 1:3], hv, weight[:, None], kind=config.loss.dist_loss),
     }
     if config.loss.w_grad > 0:
-        parts["grad"] = masked_gradient_loss(out[:, 1:], hv, fg, weight)
+        parts["grad"] = masked_gradient_loss(out[:, 1:3], hv, fg, weight)
+    if out.shape[1] > 3:  # a centre head, taught by the points
+        centres = tensor(np.stack([t.centres for t in targets]))
+        inside = tensor(np.stack([t.inside for t in targets]))
+        parts["centre"] = masked_bce(out[:, 3], centres, inside)
     return parts
 
 
@@ -205,7 +215,8 @@ def train_net(
     Parameters
     ----------
     tiles : list of LabelledTile
-        Training images with their fixed labels (IGNORE where unknown).
+        Training images with their fixed labels (IGNORE where unknown), and their points
+        where the network has a centre head.
     val_tiles : list of ValTile
         Validation images with ground truth; validated every ``val_every`` steps and at
         the end. Without them the final EMA model is saved with the configured thresholds.
@@ -229,6 +240,8 @@ def train_net(
     workers : int
         Processes that draw the training crops (0: this one, repeatable across resumes).
     """
+    if config.net.centre_head and any(t.points is None for t in tiles):
+        raise ValueError("a network with a centre head learns from points: give every tile its")
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     tc = config.train

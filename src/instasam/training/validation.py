@@ -30,6 +30,8 @@ EDGE_THRESHOLDS = (0.3, 0.4, 0.5, 0.6)
 # Pixels taken off each outline (PostprocessConfig.shrink): none, or one for a network that
 # learned SAM's larger outlines.
 SHRINKS = (0, 1)
+# Peak thresholds tried in place of the marker threshold, for a network with a centre head.
+CENTRE_THRESHOLDS = (0.2, 0.3, 0.4, 0.5)
 
 
 @dataclass
@@ -53,12 +55,17 @@ def standardised_tiles(tiles: list[ValTile], stain: StainConfig) -> list[ValTile
 
 
 def validation_maps(
-    net: NucleiUNet, tiles: list[ValTile], precision: str, embed: Embed | None = None
+    net: NucleiUNet,
+    tiles: list[ValTile],
+    precision: str,
+    embed: Embed | None = None,
+    flips: bool = False,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The network's (foreground, distance) maps of each validation tile."""
+    """The network's (foreground, distance) maps of each validation tile (averaged over
+    the four flips with ``flips``)."""
     was_training = net.training
     net.eval()
-    maps = [predict_net_maps(net, t.image, precision, embed=embed) for t in tiles]
+    maps = [predict_net_maps(net, t.image, precision, flips, embed=embed) for t in tiles]
     net.train(was_training)
     return maps
 
@@ -79,20 +86,36 @@ def choose_thresholds(
 ) -> tuple[PostprocessConfig, list[dict[str, float]]]:
     """The (foreground, marker, shrink) setting with the best validation AJI, and every score.
 
-    Ties go to the first setting tried, so to no shrink.
+    Maps with a centre channel also try the centre map's peaks as markers, alone or
+    splitting the edges' markers, at each of :data:`CENTRE_THRESHOLDS`. Ties go to the first
+    setting tried, so to no shrink and to the edges' markers.
     """
     table = []
     best, best_aji = base, -1.0
-    for shrink in SHRINKS:
-        for fg_t in FG_THRESHOLDS:
-            for edge_t in EDGE_THRESHOLDS:
-                setting = {"fg_threshold": fg_t, "edge_threshold": edge_t, "shrink": shrink}
-                config = replace(base, **setting)
-                scores = score_maps(maps, tiles, config)
-                table.append({**setting, **scores})
-                if scores["aji"] > best_aji:
-                    best, best_aji = config, scores["aji"]
+    for setting in _settings(with_centres=all(hv.shape[0] == 3 for _, hv in maps)):
+        config = replace(base, **setting)
+        scores = score_maps(maps, tiles, config)
+        table.append({**setting, **scores})
+        if scores["aji"] > best_aji:
+            best, best_aji = config, scores["aji"]
     return best, table
+
+
+def _settings(with_centres: bool) -> list[dict]:
+    markers = [{"markers": "edges", "edge_threshold": t} for t in EDGE_THRESHOLDS]
+    if with_centres:
+        markers += [{"markers": "centres", "centre_threshold": t} for t in CENTRE_THRESHOLDS]
+        markers += [
+            {"markers": "edges+centres", "edge_threshold": e, "centre_threshold": t}
+            for e in EDGE_THRESHOLDS
+            for t in CENTRE_THRESHOLDS
+        ]
+    return [
+        {"fg_threshold": fg_t, **marker, "shrink": shrink}
+        for shrink in SHRINKS
+        for fg_t in FG_THRESHOLDS
+        for marker in markers
+    ]
 
 
 def tuned_config(
@@ -101,9 +124,12 @@ def tuned_config(
     tiles: list[ValTile],
     precision: str,
     embed: Embed | None = None,
+    flips: bool = False,
 ) -> tuple[NetConfig, dict[str, float], list[dict[str, float]]]:
-    """``config`` with the post-processing chosen on ``tiles`` for ``net``; the chosen
+    """``config`` with the post-processing chosen on ``tiles`` for ``net`` (with
+    ``flips``: its ``flips_postprocess``, chosen on the flip-averaged maps); the chosen
     setting's validation scores; every setting's scores."""
-    maps = validation_maps(net, tiles, precision, embed)
+    maps = validation_maps(net, tiles, precision, embed, flips)
     chosen, table = choose_thresholds(maps, tiles, config.postprocess)
-    return replace(config, postprocess=chosen), score_maps(maps, tiles, chosen), table
+    tuned = replace(config, **{"flips_postprocess" if flips else "postprocess": chosen})
+    return tuned, score_maps(maps, tiles, chosen), table
