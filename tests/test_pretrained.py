@@ -78,6 +78,8 @@ def test_models_command_lists_the_shipped_model(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert DEFAULT_MODEL in out and "Kumar" in out and "CC BY-NC-SA 4.0" in out
+    # The shipped file's two settings, one pass and flips, as saved in it.
+    assert "split at centres" in out and "--flips:" in out
 
 
 def test_an_unknown_model_name_is_one_line(tmp_path, capsys):

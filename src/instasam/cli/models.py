@@ -30,6 +30,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  licence:    {entry.licence}")
         config = _config(entry.path)
         print(f"  thresholds: {_thresholds(config)}")
+        if config.flips_postprocess is not None:
+            print(f"  --flips:    {_setting(config.flips_postprocess)} (chosen on the same tiles)")
         print(f"  stain:      {_stain(config)}")
         print(f"  file:       {entry.path} (SHA-256 {entry.sha256[:16]}...)")
         print(f"  model card: {entry.card}")
@@ -57,11 +59,16 @@ def _stain(config) -> str:
 
 def _thresholds(config) -> str:
     """The post-processing a model's predictions get unless the user overrides it."""
+    return (
+        f"{_setting(config.postprocess)} (chosen on the validation tiles; --fg-threshold, "
+        "--edge-threshold, --markers, --centre-threshold, --min-area and --shrink override them)"
+    )
+
+
+def _setting(post) -> str:
     from instasam.postprocess import marker_setting
 
-    post = config.postprocess
     return (
-        f"foreground {post.fg_threshold}, {marker_setting(post)}, min area "
-        f"{post.min_area} px, shrink {post.shrink} px (chosen on the validation tiles; "
-        "--fg-threshold, --edge-threshold, --min-area and --shrink override them)"
+        f"foreground {post.fg_threshold}, {marker_setting(post)}, min area {post.min_area} px, "
+        f"shrink {post.shrink} px"
     )
