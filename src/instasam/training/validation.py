@@ -1,9 +1,9 @@
 """Validation on whole tiles, and post-processing thresholds chosen on them.
 
 The network is fully convolutional and a 1000x1000 tile is one forward pass, so validation
-sees what prediction will see (no centre crops). Its maps are kept so the watershed's two
-thresholds and the outline shrink can be chosen on the validation tiles once training
-ends, without the model.
+sees what prediction will see (no centre crops). Its maps are kept so the watershed's
+thresholds, its seeds (the edges' cores or a centre head's peaks) and the outline shrink
+can be chosen on the validation tiles once training ends, without the model.
 """
 
 from __future__ import annotations
