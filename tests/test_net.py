@@ -497,3 +497,11 @@ def test_a_checkpoint_saved_before_the_centre_head_existed_loads_without_one(tmp
     del payload["config"]["net"]["centre_head"]  # as written before the field existed
     net, config = net_from_payload(payload, tmp_path / "old.pt")
     assert net.centre_head is None and not config.net.centre_head
+
+
+def test_a_centre_head_without_points_is_refused_before_training(tmp_path):
+    image, labels, _ = disks()
+    config = replace(tiny_net_config(), net=CENTRED)
+    with pytest.raises(ValueError, match="learns from points"):
+        train_net([LabelledTile("a", image, labels)], [], tmp_path / "run", config, progress=False)
+    assert not (tmp_path / "run").exists()

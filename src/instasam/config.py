@@ -340,6 +340,12 @@ class NetConfig:
         default=None, metadata={"section": PostprocessConfig}
     )
 
+    def postprocess_for(self, flips: bool) -> PostprocessConfig:
+        """The saved post-processing for predictions with or without test-time flips."""
+        if flips and self.flips_postprocess is not None:
+            return self.flips_postprocess
+        return self.postprocess
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -269,8 +269,9 @@ def split_by_centres(markers: np.ndarray, centres: np.ndarray) -> np.ndarray:
     split = counts >= 2
     if not split.any():
         return markers
-    kept = np.where(split[markers], 0, markers)
-    seeds = (centres > 0) & split[markers]
+    in_split = split[markers]
+    kept = np.where(in_split, 0, markers)
+    seeds = (centres > 0) & in_split
     new_ids = np.cumsum(seeds.ravel()).reshape(seeds.shape) + int(markers.max())
     return np.where(seeds, new_ids, kept).astype(np.int32)
 

@@ -87,9 +87,7 @@ def run(args: argparse.Namespace) -> int:
         embed = SamEmbedder(config.net.sam_backbone, precision)
     tiles = standardised_tiles([ValTile(s.stem, s.image, s.labels) for s in loaded], config.stain)
     maps = validation_maps(net, tiles, precision, embed, flips=args.flips)
-    own = config.postprocess
-    if args.flips and config.flips_postprocess is not None:
-        own = config.flips_postprocess
+    own = config.postprocess_for(args.flips)
     before = score_maps(maps, tiles, own)
     chosen, _ = choose_thresholds(maps, tiles, own)
     after = score_maps(maps, tiles, chosen)

@@ -110,9 +110,7 @@ def load_predictor(
     payload = load_payload(path)
     if is_net_checkpoint(payload):
         net, net_config = net_from_payload(payload, path)
-        saved = net_config.postprocess
-        if flips and net_config.flips_postprocess is not None:
-            saved = net_config.flips_postprocess
+        saved = net_config.postprocess_for(flips)
         postprocess = replace(postprocess or saved, **(overrides or {}))
         _check_markers(postprocess, net_config.net.centre_head, path)
         net.to(device)

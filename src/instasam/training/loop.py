@@ -241,7 +241,7 @@ def train_net(
         Processes that draw the training crops (0: this one, repeatable across resumes).
     """
     if config.net.centre_head and any(t.points is None for t in tiles):
-        raise ValueError("a network with a centre head learns from points: give every tile its")
+        raise ValueError("a network with a centre head learns from points: give every tile them")
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     tc = config.train

@@ -130,6 +130,6 @@ def tuned_config(
     ``flips``: its ``flips_postprocess``, chosen on the flip-averaged maps); the chosen
     setting's validation scores; every setting's scores."""
     maps = validation_maps(net, tiles, precision, embed, flips)
-    chosen, table = choose_thresholds(maps, tiles, config.postprocess)
+    chosen, table = choose_thresholds(maps, tiles, config.postprocess_for(flips))
     tuned = replace(config, **{"flips_postprocess" if flips else "postprocess": chosen})
     return tuned, score_maps(maps, tiles, chosen), table
