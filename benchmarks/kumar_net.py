@@ -61,13 +61,16 @@ def prepare_trainval(src: Path, data: Path, log: list[dict]) -> Path:
 
 
 def refit_config(model: str, seed: int, out: Path) -> Path:
-    """A training configuration whose post-processing is the one chosen for ``model``."""
+    """A training configuration whose post-processing (one pass, and for ``--flips``) is
+    the one chosen for ``model``."""
     from instasam.config import NetConfig
     from instasam.pretrained import resolve_model
 
     payload = torch.load(resolve_model(model), map_location="cpu", weights_only=False)
-    chosen = NetConfig.from_dict(payload["config"]).postprocess
-    config = replace(NetConfig(), postprocess=chosen)
+    chosen = NetConfig.from_dict(payload["config"])
+    config = replace(
+        NetConfig(), postprocess=chosen.postprocess, flips_postprocess=chosen.flips_postprocess
+    )
     config = replace(config, train=replace(config.train, seed=seed))
     write_text_atomic(out, json.dumps(config.to_dict(), indent=1))
     return out

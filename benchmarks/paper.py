@@ -176,7 +176,12 @@ def predict_classical(images: Path, out: Path) -> None:
 def settings(row_name: str, row: Row, args: argparse.Namespace) -> dict:
     """Everything a finished row's numbers depend on (compared before a rerun)."""
     from instasam.config import NetConfig
-    from instasam.training.validation import EDGE_THRESHOLDS, FG_THRESHOLDS, SHRINKS
+    from instasam.training.validation import (
+        CENTRE_THRESHOLDS,
+        EDGE_THRESHOLDS,
+        FG_THRESHOLDS,
+        SHRINKS,
+    )
 
     wanted = {
         "row": row_name,
@@ -189,9 +194,12 @@ def settings(row_name: str, row: Row, args: argparse.Namespace) -> dict:
     }
     if row.labels != "classical":  # the network's post-processing, chosen on the val tiles
         grid = {"fg_threshold": FG_THRESHOLDS, "edge_threshold": EDGE_THRESHOLDS}
-        wanted["postprocess_grid"] = {**grid, "shrink": SHRINKS}
-        # The recipe's loss weights: rows trained before the gradient loss joined it differ.
+        grid |= {"shrink": SHRINKS, "centre_threshold": CENTRE_THRESHOLDS}
+        wanted["postprocess_grid"] = grid
+        # The recipe's loss weights and network: rows trained before the gradient loss or
+        # the centre head joined it differ.
         wanted["losses"] = asdict(NetConfig().loss)
+        wanted["net"] = asdict(NetConfig().net)
     return wanted
 
 
@@ -378,9 +386,20 @@ TABLE_TITLES = {
 }
 
 
+# Rows finished with an earlier recipe (before the gradient loss and the centre head), kept
+# until they are run again with today's and shown marked.
+EARLIER = "earlier_recipe"
+
+
+def _finished(folder: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
+
+
 def table_markdown(results: Path) -> str:
-    """The finished rows as Markdown, ours beside the paper's, with each row's train time."""
-    finished = {p.stem: json.loads(p.read_text()) for p in sorted(results.glob("*.json"))}
+    """The finished rows as Markdown, ours beside the paper's, with each row's train time;
+    a row known only from the earlier recipe is marked."""
+    finished = _finished(results)
+    earlier = _finished(results / EARLIER)
     lines = []
     for table, title in TABLE_TITLES.items():
         lines += [f"**{title}**", ""]
@@ -393,6 +412,9 @@ def table_markdown(results: Path) -> str:
             if row.paper_note:
                 paper += f" ({row.paper_note})"
             done = finished.get(name)
+            mark = ""
+            if done is None and name in earlier:
+                done, mark = earlier[name], "*"
             if done is None:
                 ours, train = "not run yet", ""
             else:
@@ -402,7 +424,13 @@ def table_markdown(results: Path) -> str:
                 )
                 seconds = done.get("train_seconds")
                 train = "none" if seconds is None else f"{seconds / 60:.0f} min"
-            lines.append(f"| {row.title} (`{name}`) | {ours} | {paper} | {train} |")
+            lines.append(f"| {row.title} (`{name}`){mark} | {ours} | {paper} | {train} |")
+        lines.append("")
+    if earlier.keys() - finished.keys():
+        lines.append(
+            f"\\* trained with the recipe before the gradient loss and the centre head "
+            f"(`{EARLIER}/`); not yet run again with today's"
+        )
         lines.append("")
     return "\n".join(lines)
 

@@ -134,3 +134,25 @@ def test_shifted_row_points_lie_at_the_requested_distance(root, tmp_path):
     inside = (centres.min(1) >= 8) & (centres[:, 0] < w - 8) & (centres[:, 1] < h - 8)
     assert inside.sum() > 20  # clipping at the border may shorten the others' shift
     assert distance[inside].min() >= 4.0 - 1e-6 and distance[inside].max() < 6.0
+
+
+def _finished_row(aji: float) -> dict:
+    return {"test_mean": {"dice_obj": 0.7, "aji": aji, "aji_plus": 0.6, "pq": 0.5}}
+
+
+def test_table_marks_rows_known_only_from_the_earlier_recipe(tmp_path):
+    results = tmp_path / "results"
+    (results / paper.EARLIER).mkdir(parents=True)
+    (results / "gt.json").write_text(json.dumps(_finished_row(0.591)))
+    (results / paper.EARLIER / "gt.json").write_text(json.dumps(_finished_row(0.111)))
+    (results / paper.EARLIER / "cv.json").write_text(json.dumps(_finished_row(0.482)))
+    lines = paper.table_markdown(results).splitlines()
+    gt = next(x for x in lines if "(`gt`)" in x)
+    cv = next(x for x in lines if "(`cv`)" in x)
+    assert "(`gt`) |" in gt and "59.1" in gt and "11.1" not in gt  # today's result wins
+    assert "(`cv`)* |" in cv and "48.2" in cv
+    assert any(x.startswith("\\* trained with the recipe before") for x in lines)
+    shift = next(x for x in lines if "(`shift-2-4`)" in x)
+    assert "not run yet" in shift
+    (results / paper.EARLIER / "cv.json").unlink()
+    assert "recipe before" not in paper.table_markdown(results)  # no footnote without a mark
