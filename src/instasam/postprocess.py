@@ -70,6 +70,7 @@ from skimage.morphology import disk
 from skimage.segmentation import find_boundaries, watershed
 
 from instasam.config import PostprocessConfig
+from instasam.io.maps import maps_fit
 
 _FULL = np.ones((3, 3), dtype=bool)  # 8-connectivity for component labelling
 
@@ -212,7 +213,7 @@ def _checked_inputs(fg_prob: np.ndarray, hv: np.ndarray) -> tuple[np.ndarray, np
     hv = np.asarray(hv, dtype=np.float32)
     if fg_prob.ndim != 2:
         raise ValueError(f"foreground map must be (H, W), got shape {fg_prob.shape}")
-    if hv.shape not in ((2, *fg_prob.shape), (3, *fg_prob.shape)):
+    if not maps_fit(fg_prob.shape, hv.shape):
         raise ValueError(
             f"distance maps must be (2, H, W) = {(2, *fg_prob.shape)} (or (3, H, W) with a "
             f"centre map), got {hv.shape}"

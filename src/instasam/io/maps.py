@@ -22,6 +22,15 @@ from instasam.io.atomic import atomic_path
 MAP_KEYS = ("foreground", "hv")
 
 
+def maps_fit(foreground_shape: tuple[int, ...], hv_shape: tuple[int, ...]) -> bool:
+    """Whether distance maps of ``hv_shape`` belong with a foreground map of
+    ``foreground_shape``: ``(2, H, W)`` for ``(H, W)``, or ``(3, H, W)`` with a centre map."""
+    return len(foreground_shape) == 2 and hv_shape in (
+        (2, *foreground_shape),
+        (3, *foreground_shape),
+    )
+
+
 def write_maps(path: str | os.PathLike, foreground: np.ndarray, hv: np.ndarray) -> None:
     """Write ``foreground`` ``(H, W)`` and ``hv`` ``(2, H, W)`` (``(3, H, W)`` with a centre
     map) as float32, atomically."""
@@ -44,7 +53,7 @@ def read_maps(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(path, f"cannot read saved maps: {reason}") from None
-    if foreground.ndim != 2 or hv.shape not in ((2, *foreground.shape), (3, *foreground.shape)):
+    if not maps_fit(foreground.shape, hv.shape):
         raise InputError(
             path, f"map shapes do not fit: foreground {foreground.shape}, hv {hv.shape}"
         )
