@@ -31,8 +31,8 @@ from instasam.metrics import compute_metrics, mean_metrics
 from instasam.postprocess import (
     edge_map,
     foreground_mask,
-    marker_labels,
     nuclei_from_markers,
+    watershed_markers,
 )
 from instasam.pretrained import resolve_model
 
@@ -85,7 +85,7 @@ def oracle_rows(
     large, which the truth does not."""
     predicted_fg = foreground_mask(fg_prob, config)
     edges = edge_map(hv, predicted_fg, config.sobel_ksize)
-    markers = marker_labels(predicted_fg, edges, config)
+    markers = watershed_markers(predicted_fg, edges, hv, config)
     network = nuclei_from_markers(predicted_fg, markers, edges, config)
     true_fg = gt > 0
     unshrunk = replace(config, shrink=0)

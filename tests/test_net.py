@@ -480,6 +480,26 @@ def test_validation_tries_centre_markers_only_with_a_centre_map():
     assert {row["markers"] for row in table} == {"edges", "centres", "edges+centres"}
 
 
+
+def test_the_chosen_settings_scores_match_scoring_it_again():
+    from skimage.segmentation import expand_labels
+
+    from instasam.config import PostprocessConfig
+    from instasam.targets import foreground_map, hv_maps
+    from instasam.training.validation import choose_thresholds, chosen_scores, score_maps
+
+    _, labels, _ = disks(size=128, n=8, seed=5)
+    tiles = [ValTile("v", np.zeros((*labels.shape, 3), np.uint8), labels)]
+    drawn = expand_labels(labels, 1)
+    maps = [(0.9 * foreground_map(drawn), hv_maps(drawn))]
+    chosen, table = choose_thresholds(maps, tiles, PostprocessConfig())
+    read = chosen_scores(table)
+    again = score_maps(maps, tiles, chosen)
+    assert read.keys() == again.keys()
+    assert read == pytest.approx(again)
+    # Settings differ in score here, so reading the wrong row would show.
+    assert len({round(row["aji"], 6) for row in table}) > 1
+
 def test_a_configuration_round_trips_with_and_without_a_flips_setting():
     from instasam.config import PostprocessConfig
 

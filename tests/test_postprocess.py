@@ -346,3 +346,24 @@ def test_edges_and_centres_markers_split_touching_nuclei_the_edges_bridge():
     maps = np.concatenate([np.zeros((2, *fg.shape)), centres[None]]).astype(np.float32)
     pred = instances_from_maps(fg, maps, PostprocessConfig(markers="edges+centres"))
     assert pred.max() == 2  # the flat maps leave one core; its two centres split it
+
+
+def test_the_oracles_network_row_is_the_post_processing_the_model_runs():
+    # benchmarks/oracle.py rebuilds the network's instances from its parts; with centre
+    # markers they must be what instances_from_maps gives, or its gaps mean nothing.
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import oracle
+
+    labels = _touching_disks()
+    fg = foreground_map(labels)
+    flat = np.zeros((2, *fg.shape), np.float32)
+    maps = np.concatenate([flat, _gaussians(fg.shape, ((32, 26), (32, 44)))[None]])
+    maps = maps.astype(np.float32)
+    for markers in ("edges", "centres", "edges+centres"):
+        config = PostprocessConfig(markers=markers, centre_threshold=0.3)
+        rows = oracle.oracle_rows(fg, maps, labels, config)
+        np.testing.assert_array_equal(rows["network"], instances_from_maps(fg, maps, config))
+    assert rows["network"].max() == 2  # the centres split what flat maps leave whole

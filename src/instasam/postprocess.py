@@ -177,17 +177,25 @@ def instances_from_maps(
     if not foreground.any():
         return np.zeros(fg_prob.shape, dtype=np.int32)
     edges = edge_map(hv, foreground, config.sobel_ksize)
+    return nuclei_from_markers(
+        foreground, watershed_markers(foreground, edges, hv, config), edges, config
+    )
+
+
+def watershed_markers(
+    foreground: np.ndarray, edges: np.ndarray, hv: np.ndarray, config: PostprocessConfig
+) -> np.ndarray:
+    """The labelled seeds of the watershed (step 3): the edges' cores, the centre map's
+    peaks, or the cores split by the peaks, as ``config.markers`` says."""
     if config.markers == "edges":
-        markers = marker_labels(foreground, edges, config)
-    elif hv.shape[0] != 3:
+        return marker_labels(foreground, edges, config)
+    if hv.shape[0] != 3:
         raise ValueError(f"markers={config.markers!r} needs a centre map (a centre head)")
-    elif config.markers == "centres":
-        markers = centre_markers(foreground, hv[2], config)
-    else:
-        markers = split_by_centres(
-            marker_labels(foreground, edges, config), centre_markers(foreground, hv[2], config)
-        )
-    return nuclei_from_markers(foreground, markers, edges, config)
+    if config.markers == "centres":
+        return centre_markers(foreground, hv[2], config)
+    return split_by_centres(
+        marker_labels(foreground, edges, config), centre_markers(foreground, hv[2], config)
+    )
 
 
 def nuclei_from_markers(
