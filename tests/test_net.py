@@ -480,7 +480,6 @@ def test_validation_tries_centre_markers_only_with_a_centre_map():
     assert {row["markers"] for row in table} == {"edges", "centres", "edges+centres"}
 
 
-
 def test_the_chosen_settings_scores_match_scoring_it_again():
     from skimage.segmentation import expand_labels
 
@@ -499,6 +498,7 @@ def test_the_chosen_settings_scores_match_scoring_it_again():
     assert read == pytest.approx(again)
     # Settings differ in score here, so reading the wrong row would show.
     assert len({round(row["aji"], 6) for row in table}) > 1
+
 
 def test_a_configuration_round_trips_with_and_without_a_flips_setting():
     from instasam.config import PostprocessConfig
