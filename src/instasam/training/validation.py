@@ -90,15 +90,14 @@ def choose_thresholds(
     splitting the edges' markers, at each of :data:`CENTRE_THRESHOLDS`. Ties go to the first
     setting tried, so to no shrink and to the edges' markers.
     """
-    table = []
-    best, best_aji = base, -1.0
-    for setting in _settings(with_centres=all(hv.shape[0] == 3 for _, hv in maps)):
-        config = replace(base, **setting)
-        scores = score_maps(maps, tiles, config)
-        table.append({**setting, **scores})
-        if scores["aji"] > best_aji:
-            best, best_aji = config, scores["aji"]
-    return best, table
+    settings = _settings(with_centres=all(hv.shape[0] == 3 for _, hv in maps))
+    table = [{**s, **score_maps(maps, tiles, replace(base, **s))} for s in settings]
+    return replace(base, **settings[_best_row(table)]), table
+
+
+def _best_row(table: list[dict[str, float]]) -> int:
+    """The index of the first row of the best AJI (``max`` keeps the first of equals)."""
+    return max(range(len(table)), key=lambda i: table[i]["aji"])
 
 
 def _settings(with_centres: bool) -> list[dict]:
@@ -136,8 +135,7 @@ def tuned_config(
 
 
 def chosen_scores(table: list[dict[str, float]]) -> dict[str, float]:
-    """The scores of the setting :func:`choose_thresholds` chose, read off its table (the
-    first row of the best AJI) instead of post-processing every tile again."""
+    """The scores of the setting :func:`choose_thresholds` chose, read off its table by the
+    same rule instead of post-processing every tile again."""
     setting_keys = {f.name for f in fields(PostprocessConfig)}
-    best = max(table, key=lambda row: row["aji"])
-    return {key: value for key, value in best.items() if key not in setting_keys}
+    return {k: v for k, v in table[_best_row(table)].items() if k not in setting_keys}
