@@ -40,6 +40,7 @@ class Variant:
     steps: int = 1500
     widths: tuple[int, ...] | None = None  # None: the recipe's
     batch_size: int | None = None  # None: the recipe's
+    crop_size: int | None = None  # NetTrainConfig.crop_size; None: the recipe's
     labels: str = "s"  # "s" (--labels), "gt", or "other" (--other-labels)
     fill: float = 0.0  # NetTrainConfig.unlabelled_point_fill
     hed_scale: float | None = None  # NetTrainConfig.hed_scale; None: the recipe's
@@ -65,6 +66,11 @@ for _seed in (0, 1):
     VARIANTS[f"grad1_steps1500_seed{_seed}"] = Variant(w_grad=1.0)
     VARIANTS[f"grad1_steps1000_seed{_seed}"] = Variant(steps=1000, w_grad=1.0)
     VARIANTS[f"centre_steps1500_seed{_seed}"] = Variant(w_grad=1.0, centre_head=True)
+    # The same pixels per step as the recipe (8 x 256^2) in crops 4x larger: more of each
+    # crop sees the context it has in a whole tile at prediction time.
+    VARIANTS[f"crop512_steps1500_seed{_seed}"] = Variant(
+        w_grad=1.0, centre_head=True, crop_size=512, batch_size=2
+    )
     # --other-labels: e.g. S with the nuclei it left unlabelled taken from cluster + Voronoi
     VARIANTS[f"other_steps1500_seed{_seed}"] = Variant(labels="other")
     VARIANTS[f"other_stain45_steps1500_seed{_seed}"] = Variant(labels="other", hed_scale=0.45)
@@ -91,6 +97,8 @@ def variant_config(name: str, path: Path) -> Path:
     )
     if variant.hed_scale is not None:
         config = replace(config, train=replace(config.train, hed_scale=variant.hed_scale))
+    if variant.crop_size is not None:
+        config = replace(config, train=replace(config.train, crop_size=variant.crop_size))
     config = replace(config, loss=replace(config.loss, w_grad=variant.w_grad))
     config = replace(config, net=replace(config.net, centre_head=variant.centre_head))
     path.write_text(json.dumps(config.to_dict(), indent=1))
