@@ -2,16 +2,18 @@
 
 Keeps only what inference needs (weights in fp16, the configuration, the validation
 scores), writes ``src/instasam/pretrained/<name>.pt`` and prints its SHA-256 for the
-registry entry in ``src/instasam/pretrained/__init__.py``. With ``--retune VAL`` the
-post-processing (thresholds and shrink) is chosen again on the prepared validation folder
-VAL with the training's grid, for a checkpoint made before the grid grew; with
-``--retune-flips VAL`` the setting for ``--flips`` predictions is chosen on VAL's
+registry entry in ``src/instasam/pretrained/__init__.py``. With ``--retune VAL...`` the
+post-processing (thresholds and shrink) is chosen again, with the training's grid, on the
+tiles of one or more prepared validation folders (pooled: a setting for more than one
+dataset's annotators, or for a checkpoint made before the grid grew); with
+``--retune-flips VAL...`` the setting for ``--flips`` predictions is chosen on their
 flip-averaged maps and saved beside it. With
 ``--stain-reference-from TRAIN`` a checkpoint made before training saved its stain
 reference gets it from its prepared training folder TRAIN (what training now computes).
 
-    python scripts/ship_model.py bench_out/k/runs/sam_seed0/model.pt --name monuseg-points \
-        --retune bench_out/k/data/val --stain-reference-from bench_out/k/data/train
+    python scripts/ship_model.py bench_out/paper/runs/self-trained_seed0/model.pt \
+        --name monuseg-points --retune bench_out/paper/data/{monuseg,tnbc}_val \
+        --retune-flips bench_out/paper/data/{monuseg,tnbc}_val
 """
 
 from __future__ import annotations
@@ -37,12 +39,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path)
     parser.add_argument("--name", required=True)
-    parser.add_argument("--retune", type=Path, help="prepared validation folder")
+    parser.add_argument(
+        "--retune", type=Path, nargs="+", help="prepared validation folder(s), tiles pooled"
+    )
     parser.add_argument("--stain-reference-from", type=Path, help="prepared training folder")
     parser.add_argument(
         "--retune-flips",
         type=Path,
-        help="prepared validation folder: choose the setting for --flips predictions on it",
+        nargs="+",
+        help="prepared validation folder(s): choose the setting for --flips predictions",
     )
     args = parser.parse_args()
     payload = torch.load(args.model, map_location="cpu", weights_only=False)
@@ -79,12 +84,13 @@ def with_stain_reference(payload: dict, path: Path, train_folder: Path) -> dict:
     return {**payload, "config": replace(config, stain=stain).to_dict()}
 
 
-def retuned(payload: dict, path: Path, val_folder: Path, flips: bool = False) -> dict:
+def retuned(payload: dict, path: Path, val_folders: list[Path], flips: bool = False) -> dict:
     """``payload`` with its post-processing (with ``flips``: the one for flips) chosen
-    again on the tiles of ``val_folder``."""
+    again on the tiles of ``val_folders``, pooled (each tile weighs the same)."""
     net, config = net_from_payload(payload, path)
     precision = resolve_precision(config.train.precision)
-    tiles = standardised_tiles(val_tiles_in(val_folder), config.stain)
+    pooled = [tile for folder in val_folders for tile in val_tiles_in(folder)]
+    tiles = standardised_tiles(pooled, config.stain)
     tuned, scores, _ = tuned_config(net, config, tiles, precision, flips=flips)
     if flips:
         post = tuned.flips_postprocess
@@ -97,7 +103,8 @@ def retuned(payload: dict, path: Path, val_folder: Path, flips: bool = False) ->
     print(
         f"chosen on the val tiles: foreground {post.fg_threshold}, "
         f"{marker_setting(post)}, shrink {post.shrink}; val AJI {scores['aji']:.4f} "
-        f"(saved setting: {payload.get('val', {}).get('aji', float('nan')):.4f})"
+        "(the checkpoint's on its own val tiles: "
+        f"{payload.get('val', {}).get('aji', float('nan')):.4f})"
     )
     return {**payload, "config": tuned.to_dict(), "val": scores}
 

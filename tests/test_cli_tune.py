@@ -41,7 +41,6 @@ def _tuned_setting(path):
 
 def test_tuning_follows_the_annotators_outlines(crop, tmp_path, capsys):
     image, labels = crop
-    shipped = load_predictor(DEFAULT_MODEL, precision="fp32").postprocess
     as_drawn = _tiles(tmp_path / "tight", image, labels)
     out = tmp_path / "tight.pt"
     assert main(["tune", "--val", str(as_drawn), "--out", str(out), "--precision", "fp32"]) == 0
@@ -55,11 +54,14 @@ def test_tuning_follows_the_annotators_outlines(crop, tmp_path, capsys):
         compute_metrics(labels, tuned.predict_instances(image))["aji"]
         >= compute_metrics(labels, plain.predict_instances(image))["aji"]
     )
-    # Annotators who draw every nucleus two pixels wider: no pixel comes off the outlines.
+    # The shipped setting takes nothing off the outlines; for MoNuSeg's tight outlines on
+    # this crop a pixel comes off, and for annotators who draw every nucleus two pixels
+    # wider none does.
+    assert load_predictor(DEFAULT_MODEL).postprocess.shrink == 0 and shrink == 1
     generous = _tiles(tmp_path / "wide", image, expand_labels(labels, 2))
     out_wide = tmp_path / "wide.pt"
     assert main(["tune", "--val", str(generous), "--out", str(out_wide)]) == 0
-    assert _tuned_setting(out_wide)[2] == 0 and shipped.shrink == 1
+    assert _tuned_setting(out_wide)[2] == 0
 
 
 def test_bad_tune_inputs_are_one_line_errors(crop, tmp_path, capsys):

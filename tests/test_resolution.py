@@ -47,18 +47,20 @@ def test_maps_are_resized_smoothly():
     assert 0 <= big_fg.min() and big_fg.max() <= 1 and np.allclose(big_hv[1], -big_hv[0])
 
 
-def test_a_half_size_crop_scores_better_resampled():
-    """The test crop shrunk to half, as a 20x scan of it: measured AJI 0.39 as it is, 0.45
-    resampled to the model's 0.25 µm/px and back."""
+def test_a_shrunk_crop_scores_better_resampled():
+    """The test crop shrunk to 0.4x (0.625 µm/px, as a scan between 20x and 10x would show
+    it): measured AJI 0.31 as it is, 0.54 resampled to the model's 0.25 µm/px and back. At
+    0.5x the shipped model is already close without resampling on this crop (0.55 and
+    0.55; over the 14 Kumar test tiles 48.1 and 53.9, README)."""
     image, labels = _test_crop()
-    small = resized_image(image, 0.5)
+    small = resized_image(image, 0.4)
     truth = labels_resized_to(labels, small.shape[:2])
     predictor = load_predictor(DEFAULT_MODEL, precision="fp32")
     direct = maps_and_instances(predictor, small, 1.0)[2]
-    fg, hv, back = maps_and_instances(predictor, small, 2.0)
+    fg, hv, back = maps_and_instances(predictor, small, 2.5)
     assert back.shape == truth.shape == fg.shape == hv.shape[1:]
     assert np.array_equal(np.unique(back), np.arange(back.max() + 1))  # sequential ids
-    assert compute_metrics(truth, back)["aji"] > compute_metrics(truth, direct)["aji"] + 0.03
+    assert compute_metrics(truth, back)["aji"] > compute_metrics(truth, direct)["aji"] + 0.1
 
 
 def test_predict_with_mpp_writes_labels_the_size_of_the_image(tmp_path, capsys):
