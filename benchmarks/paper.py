@@ -318,7 +318,9 @@ def run_row(row_name: str, args: argparse.Namespace) -> dict:
 def _checkpoint_summary(run_dir: Path) -> dict:
     history = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     thresholds = json.loads((run_dir / "thresholds.json").read_text())
+    choice = run_dir / "checkpoint_choice.json"  # runs made before it was written lack it
     return {
+        **({"checkpoint_choice": json.loads(choice.read_text())} if choice.is_file() else {}),
         "train_seconds": history[-1]["seconds"],
         "steps": history[-1]["step"],
         "val_history": [(h["step"], h["val"]["aji"]) for h in history if "val" in h],

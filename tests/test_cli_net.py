@@ -34,7 +34,7 @@ def test_train_net_then_predict_with_it(prepared, tiny_config, capsys):
     run = prepared / "run"
     assert _train(prepared, tiny_config, run) == 0
     out = capsys.readouterr().out
-    assert "nuclei network" in out and "best val AJI" in out
+    assert "nuclei network" in out and "kept step" in out and "val AJI" in out
     pred = prepared / "pred"
     argv = ["predict", str(prepared / "test" / "images"), "--model", str(run / "model.pt")]
     assert main([*argv, "--out", str(pred), "--precision", "fp32", "--fg-threshold", "0.6"]) == 0

@@ -195,7 +195,7 @@ def run_net(args: argparse.Namespace) -> int:
         workers=args.workers or 0,
     )
     best = (
-        f"best val AJI {state.best_aji:.4f} at step {state.best_step}"
+        f"kept step {state.best_step}: val AJI {state.best_aji:.4f} at its chosen thresholds"
         if val_tiles
         else "no validation"
     )
