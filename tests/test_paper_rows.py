@@ -156,3 +156,34 @@ def test_table_marks_rows_known_only_from_the_earlier_recipe(tmp_path):
     assert "not run yet" in shift
     (results / paper.EARLIER / "cv.json").unlink()
     assert "recipe before" not in paper.table_markdown(results)  # no footnote without a mark
+
+
+def test_fine_tuning_row_starts_from_the_centred_network(tmp_path):
+    import argparse
+
+    from instasam.cli import build_parser
+
+    args = argparse.Namespace(out=tmp_path, seed=0, threads=1, steps=None, config=None)
+    folders = {"train": tmp_path / "train", "val": tmp_path / "val"}
+    labels, run_dir = tmp_path / "labels", tmp_path / "runs" / "self-tuned_seed0"
+    row = paper.ROWS["self-tuned"]
+    with pytest.raises(SystemExit, match="run the 'centred' row first"):
+        paper.train_argv(row, folders, labels, run_dir, args)
+    teacher = tmp_path / "runs" / "centred_seed0" / "model.pt"
+    teacher.parent.mkdir(parents=True)
+    teacher.touch()
+    tuned = build_parser().parse_args(paper.train_argv(row, folders, labels, run_dir, args))
+    assert tuned.init == str(teacher) and tuned.steps == 500 and tuned.lr == 5e-4
+    assert tuned.labels_from == labels
+    scratch = paper.train_argv(paper.ROWS["self-trained"], folders, labels, run_dir, args)
+    scratch = build_parser().parse_args(scratch)
+    assert scratch.init is None and scratch.steps is None and scratch.lr is None
+    args.steps = 2  # the tests' tiny runs override the row's own count
+    tiny = build_parser().parse_args(paper.train_argv(row, folders, labels, run_dir, args))
+    assert tiny.steps == 2 and tiny.init == str(teacher)
+    # Its own training run, and its settings record how it trains.
+    assert paper.training_run("self-tuned") != paper.training_run("self-trained")
+    plain = argparse.Namespace(seed=0, steps=None, backbone="litemedsam")
+    wanted = paper.settings("self-tuned", row, plain)
+    assert wanted["fine_tune"] == (500, 5e-4) and "--init" in wanted["recipe"]
+    assert "fine_tune" not in paper.settings("centred", paper.ROWS["centred"], plain)
