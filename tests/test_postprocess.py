@@ -367,3 +367,63 @@ def test_the_oracles_network_row_is_the_post_processing_the_model_runs():
         rows = oracle.oracle_rows(fg, maps, labels, config)
         np.testing.assert_array_equal(rows["network"], instances_from_maps(fg, maps, config))
     assert rows["network"].max() == 2  # the centres split what flat maps leave whole
+
+
+# --- a threshold grid with shared stages -----------------------------------------------------
+
+
+def _noisy_maps(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Foreground, distance and centre maps of 30 random (often touching) disks, blurred and
+    noisy as a network's are."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    shape = (96, 128)
+    centres = rng.uniform((6, 6), (90, 122), size=(30, 2))
+    rr, cc = np.mgrid[: shape[0], : shape[1]]
+    dist = np.stack([np.hypot(rr - r, cc - c) for r, c in centres])
+    radius = rng.uniform(4, 9, size=30)[:, None, None]
+    inside = dist <= radius
+    labels = np.where(inside.any(0), np.where(inside, dist, np.inf).argmin(0) + 1, 0)
+    fg = ndimage.gaussian_filter(foreground_map(labels.astype(np.int32)), 1.5)
+    fg = np.clip(fg + rng.normal(0, 0.08, shape), 0, 0.95).astype(np.float32)
+    hv = hv_maps(labels.astype(np.int32)) + rng.normal(0, 0.1, (2, *shape))
+    centre = _gaussians(shape, centres) + rng.normal(0, 0.05, shape)
+    return fg, np.concatenate([hv, centre[None]]).astype(np.float32)
+
+
+def test_a_grid_with_shared_stages_equals_one_call_per_setting():
+    from instasam.postprocess import instances_for_settings
+    from instasam.training.validation import _settings
+
+    fg, hv = _noisy_maps()
+    base = PostprocessConfig(min_area=10)
+    configs = [replace(base, **s) for s in _settings(with_centres=True)]
+    configs.append(replace(base, fg_threshold=0.999))  # no foreground at all
+    configs.append(replace(base, shrink=2, smoothing_sigma=0.0))
+    seen = {}
+    for i, instances in instances_for_settings(fg, hv, configs):
+        assert i not in seen
+        seen[i] = instances
+    assert sorted(seen) == list(range(len(configs)))
+    distinct = set()
+    for i, config in enumerate(configs):
+        expected = instances_from_maps(fg, hv, config)
+        assert seen[i].dtype == expected.dtype and np.array_equal(seen[i], expected), config
+        distinct.add(expected.tobytes())
+    assert not seen[len(configs) - 2].any()
+    assert len(distinct) > 40  # the settings differ here (58 distinct results of 194)
+
+
+def test_grid_scores_equal_scoring_each_setting():
+    from instasam.postprocess import instances_from_maps as one
+    from instasam.training.validation import ValTile, _settings, grid_scores, score_maps
+
+    tiles, maps = [], []
+    for seed in (1, 2):
+        fg, hv = _noisy_maps(seed)
+        tiles.append(ValTile(f"t{seed}", np.zeros((*fg.shape, 3), np.uint8), one(fg, hv)))
+        maps.append(_noisy_maps(seed + 10))
+    configs = [replace(PostprocessConfig(), **s) for s in _settings(with_centres=True)[::7]]
+    expected = [score_maps(maps, tiles, c) for c in configs]
+    assert grid_scores(maps, tiles, configs) == expected

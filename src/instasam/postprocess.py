@@ -61,6 +61,8 @@ Choices, with their reasons
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import replace
 from functools import lru_cache
 
 import numpy as np
@@ -205,6 +207,13 @@ def nuclei_from_markers(
     (the second half of :func:`instances_from_maps`, which ``benchmarks/oracle.py`` feeds
     with true markers or a true foreground): watershed, unmarked components, outline shrink,
     small objects dropped, ids 1..N."""
+    return finished_nuclei(grown_nuclei(foreground, markers, edges, config), config)
+
+
+def grown_nuclei(
+    foreground: np.ndarray, markers: np.ndarray, edges: np.ndarray, config: PostprocessConfig
+) -> np.ndarray:
+    """The watershed's basins from ``markers``, with the unmarked components (step 4)."""
     # Low inside nuclei, high on their edges: the watershed's basins are the nuclei.
     relief = (1.0 - edges) * foreground
     if config.smoothing_sigma > 0:
@@ -212,8 +221,43 @@ def nuclei_from_markers(
     instances = watershed(-relief, markers=markers, mask=foreground)
     if config.keep_unmarked:
         instances = _add_unmarked_components(instances, foreground)
-    instances = shrunk_instances(instances, config.shrink)
-    return _relabelled(_without_small_objects(instances, config.min_area))
+    return instances
+
+
+def finished_nuclei(grown: np.ndarray, config: PostprocessConfig) -> np.ndarray:
+    """``grown`` nuclei with their outlines shrunk, small objects dropped, ids 1..N."""
+    return _relabelled(
+        _without_small_objects(shrunk_instances(grown, config.shrink), config.min_area)
+    )
+
+
+def instances_for_settings(
+    fg_prob: np.ndarray, hv: np.ndarray, configs: list[PostprocessConfig]
+) -> Iterator[tuple[int, np.ndarray]]:
+    """``(i, instances_from_maps(fg_prob, hv, configs[i]))`` for every ``i``, in an order
+    that lets settings share their stages: the foreground and edges are made once per
+    foreground threshold, the watershed once per setting apart from its shrink (a
+    threshold grid: about 2.5x faster than one call per setting, with one grown map held at
+    a time)."""
+    fg_prob, hv = _checked_inputs(fg_prob, hv)
+    groups: dict[tuple, dict[PostprocessConfig, list[int]]] = {}
+    for i, config in enumerate(configs):
+        same_mask = groups.setdefault(
+            (config.fg_threshold, config.min_area, config.sobel_ksize), {}
+        )
+        same_mask.setdefault(replace(config, shrink=0), []).append(i)
+    for same_mask in groups.values():
+        first = next(iter(same_mask))
+        foreground = foreground_mask(fg_prob, first)
+        edges = edge_map(hv, foreground, first.sobel_ksize) if foreground.any() else None
+        for unshrunk, indices in same_mask.items():
+            if edges is None:
+                grown = np.zeros(fg_prob.shape, dtype=np.int32)
+            else:
+                markers = watershed_markers(foreground, edges, hv, unshrunk)
+                grown = grown_nuclei(foreground, markers, edges, unshrunk)
+            for i in indices:
+                yield i, finished_nuclei(grown, configs[i])
 
 
 def _checked_inputs(fg_prob: np.ndarray, hv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -346,6 +390,9 @@ def _relabelled(labels: np.ndarray) -> np.ndarray:
 __all__ = [
     "centre_markers",
     "edge_map",
+    "finished_nuclei",
+    "grown_nuclei",
+    "instances_for_settings",
     "instances_from_maps",
     "marker_setting",
     "shrunk_instances",

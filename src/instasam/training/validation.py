@@ -19,7 +19,7 @@ from instasam.io.labels import find_label_file, read_label_map
 from instasam.metrics import compute_metrics, mean_metrics
 from instasam.model.sam_embedding import Embed
 from instasam.model.unet import NucleiUNet
-from instasam.postprocess import instances_from_maps
+from instasam.postprocess import instances_for_settings, instances_from_maps
 from instasam.predict.tiles import predict_net_maps
 from instasam.stain import standardise_stain
 
@@ -91,8 +91,24 @@ def choose_thresholds(
     setting tried, so to no shrink and to the edges' markers.
     """
     settings = _settings(with_centres=all(hv.shape[0] == 3 for _, hv in maps))
-    table = [{**s, **score_maps(maps, tiles, replace(base, **s))} for s in settings]
-    return replace(base, **settings[_best_row(table)]), table
+    configs = [replace(base, **s) for s in settings]
+    scores = grid_scores(maps, tiles, configs)
+    table = [{**s, **row} for s, row in zip(settings, scores, strict=True)]
+    return configs[_best_row(table)], table
+
+
+def grid_scores(
+    maps: list[tuple[np.ndarray, np.ndarray]],
+    tiles: list[ValTile],
+    configs: list[PostprocessConfig],
+) -> list[dict[str, float]]:
+    """``[score_maps(maps, tiles, c) for c in configs]``, the settings sharing their stages
+    (:func:`instasam.postprocess.instances_for_settings`)."""
+    per_setting: list[list] = [[None] * len(tiles) for _ in configs]
+    for j, ((fg, hv), tile) in enumerate(zip(maps, tiles, strict=True)):
+        for i, instances in instances_for_settings(fg, hv, configs):
+            per_setting[i][j] = compute_metrics(tile.labels, instances)
+    return [mean_metrics(results) for results in per_setting]
 
 
 def _best_row(table: list[dict[str, float]]) -> int:
