@@ -236,9 +236,9 @@ def instances_for_settings(
 ) -> Iterator[tuple[int, np.ndarray]]:
     """``(i, instances_from_maps(fg_prob, hv, configs[i]))`` for every ``i``, in an order
     that lets settings share their stages: the foreground and edges are made once per
-    foreground threshold, the watershed once per setting apart from its shrink (a
-    threshold grid: about 2.5x faster than one call per setting, with one grown map held at
-    a time)."""
+    foreground threshold, the watershed once per setting apart from its shrink (one
+    grown map held at a time). On the Kumar val tiles the training's threshold choice took
+    1.6 min a network instead of 3.4 with one call per setting."""
     fg_prob, hv = _checked_inputs(fg_prob, hv)
     groups: dict[tuple, dict[PostprocessConfig, list[int]]] = {}
     for i, config in enumerate(configs):
