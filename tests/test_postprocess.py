@@ -416,6 +416,7 @@ def test_a_grid_with_shared_stages_equals_one_call_per_setting():
 
 
 def test_grid_scores_equal_scoring_each_setting():
+    from instasam.metrics import compute_metrics, mean_metrics
     from instasam.postprocess import instances_from_maps as one
     from instasam.training.validation import ValTile, _settings, grid_scores, score_maps
 
@@ -425,5 +426,10 @@ def test_grid_scores_equal_scoring_each_setting():
         tiles.append(ValTile(f"t{seed}", np.zeros((*fg.shape, 3), np.uint8), one(fg, hv)))
         maps.append(_noisy_maps(seed + 10))
     configs = [replace(PostprocessConfig(), **s) for s in _settings(with_centres=True)[::7]]
-    expected = [score_maps(maps, tiles, c) for c in configs]
+    pairs = list(zip(maps, tiles, strict=True))
+    expected = [
+        mean_metrics([compute_metrics(t.labels, one(fg, hv, c)) for (fg, hv), t in pairs])
+        for c in configs
+    ]
     assert grid_scores(maps, tiles, configs) == expected
+    assert [score_maps(maps, tiles, c) for c in configs] == expected

@@ -19,7 +19,7 @@ from instasam.io.labels import find_label_file, read_label_map
 from instasam.metrics import compute_metrics, mean_metrics
 from instasam.model.sam_embedding import Embed
 from instasam.model.unet import NucleiUNet
-from instasam.postprocess import instances_for_settings, instances_from_maps
+from instasam.postprocess import instances_for_settings
 from instasam.predict.tiles import predict_net_maps
 from instasam.stain import standardise_stain
 
@@ -74,11 +74,7 @@ def score_maps(
     maps: list[tuple[np.ndarray, np.ndarray]], tiles: list[ValTile], config: PostprocessConfig
 ) -> dict[str, float]:
     """Mean metrics of the post-processed maps against the tiles' ground truth."""
-    results = [
-        compute_metrics(t.labels, instances_from_maps(fg, hv, config))
-        for (fg, hv), t in zip(maps, tiles, strict=True)
-    ]
-    return mean_metrics(results)
+    return grid_scores(maps, tiles, [config])[0]
 
 
 def choose_thresholds(
@@ -102,7 +98,7 @@ def grid_scores(
     tiles: list[ValTile],
     configs: list[PostprocessConfig],
 ) -> list[dict[str, float]]:
-    """``[score_maps(maps, tiles, c) for c in configs]``, the settings sharing their stages
+    """Each setting's mean metrics over the tiles, the settings sharing their stages
     (:func:`instasam.postprocess.instances_for_settings`)."""
     per_setting: list[list] = [[None] * len(tiles) for _ in configs]
     for j, ((fg, hv), tile) in enumerate(zip(maps, tiles, strict=True)):
