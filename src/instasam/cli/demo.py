@@ -114,8 +114,8 @@ def run(args: argparse.Namespace) -> int:
             f"Dice_obj {100 * m['dice_obj']:.1f}, PQ {100 * m['pq']:.1f}"
         )
     print(
-        "(the fine-tuning step trains 30 steps on the points of one 256-px crop of the tissue "
-        "the shipped model already knows, so it need not help here: it shows the workflow "
-        "for your own tissue, not what fine-tuning reaches; see the README)"
+        f"(the fine-tuning step trains {args.steps} steps on the points of one 256-px crop "
+        "of the tissue the shipped model already knows, so it need not help here: it shows "
+        "the workflow for your own tissue, not what fine-tuning reaches; see the README)"
     )
     return 0

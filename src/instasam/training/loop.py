@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -373,16 +373,29 @@ def _finish(
     candidates = [(payload.get("step"), best, {"val_default": payload["val"]})]
     if payload.get("step") != state.step:
         candidates.append((state.step, ema, {}))
-    choices = []
-    for step, net, extra in candidates:
-        tuned, scores, table = tuned_config(net.to(device), config, val_tiles, precision, embed)
-        choices.append((scores["aji"], step, net, tuned, scores, table, extra))
-    aji, step, net, tuned, scores, table, extra = max(choices, key=lambda c: (c[0], c[1]))
-    save_net(run / BEST, net, tuned, step=step, val=scores, **extra)
-    write_text_atomic(run / "thresholds.json", json.dumps(table, indent=1))
-    compared = [{"step": c[1], "val_aji_tuned": c[0]} for c in choices]
+    choices = [
+        _TunedCandidate(
+            step, net, extra, *tuned_config(net.to(device), config, val_tiles, precision, embed)
+        )
+        for step, net, extra in candidates
+    ]
+    kept = max(choices, key=lambda c: (c.scores["aji"], c.step))
+    save_net(run / BEST, kept.net, kept.tuned, step=kept.step, val=kept.scores, **kept.extra)
+    write_text_atomic(run / "thresholds.json", json.dumps(kept.table, indent=1))
+    compared = [{"step": c.step, "val_aji_tuned": c.scores["aji"]} for c in choices]
     write_text_atomic(run / "checkpoint_choice.json", json.dumps(compared, indent=1))
-    state.best_aji, state.best_step = aji, step
+    state.best_aji, state.best_step = kept.scores["aji"], kept.step
+
+
+class _TunedCandidate(NamedTuple):
+    """A checkpoint the run may keep, with its thresholds chosen on the val tiles."""
+
+    step: int
+    net: NucleiUNet
+    extra: dict[str, Any]
+    tuned: NetConfig
+    scores: dict[str, float]
+    table: list[dict[str, float]]
 
 
 def _save_last(
