@@ -421,7 +421,7 @@ def test_grid_scores_equal_scoring_each_setting():
     from instasam.training.validation import ValTile, _settings, grid_scores, score_maps
 
     tiles, maps = [], []
-    for seed in (1, 2):
+    for seed in (1, 2, 3):
         fg, hv = _noisy_maps(seed)
         tiles.append(ValTile(f"t{seed}", np.zeros((*fg.shape, 3), np.uint8), one(fg, hv)))
         maps.append(_noisy_maps(seed + 10))
@@ -431,5 +431,6 @@ def test_grid_scores_equal_scoring_each_setting():
         mean_metrics([compute_metrics(t.labels, one(fg, hv, c)) for (fg, hv), t in pairs])
         for c in configs
     ]
-    assert grid_scores(maps, tiles, configs) == expected
+    for workers in (1, 2, 3):  # tiles scored in threads: the same rows, in the same order
+        assert grid_scores(maps, tiles, configs, workers) == expected
     assert [score_maps(maps, tiles, c) for c in configs] == expected

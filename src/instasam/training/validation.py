@@ -8,6 +8,7 @@ can be chosen on the validation tiles once training ends, without the model.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -78,17 +79,21 @@ def score_maps(
 
 
 def choose_thresholds(
-    maps: list[tuple[np.ndarray, np.ndarray]], tiles: list[ValTile], base: PostprocessConfig
+    maps: list[tuple[np.ndarray, np.ndarray]],
+    tiles: list[ValTile],
+    base: PostprocessConfig,
+    workers: int = 1,
 ) -> tuple[PostprocessConfig, list[dict[str, float]]]:
     """The (foreground, marker, shrink) setting with the best validation AJI, and every score.
 
     Maps with a centre channel also try the centre map's peaks as markers, alone or
     splitting the edges' markers, at each of :data:`CENTRE_THRESHOLDS`. Ties go to the first
-    setting tried, so to no shrink and to the edges' markers.
+    setting tried, so to no shrink and to the edges' markers. ``workers``: tiles scored at
+    once (:func:`grid_scores`).
     """
     settings = _settings(with_centres=all(hv.shape[0] == 3 for _, hv in maps))
     configs = [replace(base, **s) for s in settings]
-    scores = grid_scores(maps, tiles, configs)
+    scores = grid_scores(maps, tiles, configs, workers)
     table = [{**s, **row} for s, row in zip(settings, scores, strict=True)]
     return configs[_best_row(table)], table
 
@@ -97,14 +102,32 @@ def grid_scores(
     maps: list[tuple[np.ndarray, np.ndarray]],
     tiles: list[ValTile],
     configs: list[PostprocessConfig],
+    workers: int = 1,
 ) -> list[dict[str, float]]:
     """Each setting's mean metrics over the tiles, the settings sharing their stages
-    (:func:`instasam.postprocess.instances_for_settings`)."""
-    per_setting: list[list] = [[None] * len(tiles) for _ in configs]
-    for j, ((fg, hv), tile) in enumerate(zip(maps, tiles, strict=True)):
-        for i, instances in instances_for_settings(fg, hv, configs):
-            per_setting[i][j] = compute_metrics(tile.labels, instances)
-    return [mean_metrics(results) for results in per_setting]
+    (:func:`instasam.postprocess.instances_for_settings`); with ``workers`` above 1, that
+    many tiles are scored at once, in threads. The scores do not depend on ``workers``."""
+    jobs = [(fg, hv, tile.labels) for (fg, hv), tile in zip(maps, tiles, strict=True)]
+
+    def scored(job: tuple[np.ndarray, np.ndarray, np.ndarray]) -> list[dict[str, float]]:
+        return tile_scores(*job, configs)
+
+    if workers > 1 and len(jobs) > 1:
+        with ThreadPoolExecutor(min(workers, len(jobs))) as pool:
+            per_tile = list(pool.map(scored, jobs))
+    else:
+        per_tile = [scored(job) for job in jobs]
+    return [mean_metrics([rows[i] for rows in per_tile]) for i in range(len(configs))]
+
+
+def tile_scores(
+    fg: np.ndarray, hv: np.ndarray, labels: np.ndarray, configs: list[PostprocessConfig]
+) -> list[dict[str, float]]:
+    """The metrics of each setting's nuclei on one tile against its ground truth."""
+    rows: list[dict[str, float]] = [{}] * len(configs)
+    for i, instances in instances_for_settings(fg, hv, configs):
+        rows[i] = compute_metrics(labels, instances)
+    return rows
 
 
 def _best_row(table: list[dict[str, float]]) -> int:
@@ -136,12 +159,14 @@ def tuned_config(
     precision: str,
     embed: Embed | None = None,
     flips: bool = False,
+    workers: int = 1,
 ) -> tuple[NetConfig, dict[str, float], list[dict[str, float]]]:
     """``config`` with the post-processing chosen on ``tiles`` for ``net`` (with
     ``flips``: its ``flips_postprocess``, chosen on the flip-averaged maps); the chosen
-    setting's validation scores; every setting's scores."""
+    setting's validation scores; every setting's scores. ``workers``: tiles scored at once
+    (:func:`grid_scores`)."""
     maps = validation_maps(net, tiles, precision, embed, flips)
-    chosen, table = choose_thresholds(maps, tiles, config.postprocess_for(flips))
+    chosen, table = choose_thresholds(maps, tiles, config.postprocess_for(flips), workers)
     tuned = replace(config, **{"flips_postprocess" if flips else "postprocess": chosen})
     return tuned, chosen_scores(table), table
 
