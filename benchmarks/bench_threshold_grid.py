@@ -26,8 +26,8 @@ from instasam.io.atomic import write_text_atomic
 from instasam.model.unet import net_from_payload
 from instasam.training.precision import resolve_precision
 from instasam.training.validation import (
-    _settings,
     grid_scores,
+    grid_settings,
     standardised_tiles,
     val_tiles_in,
     validation_maps,
@@ -48,8 +48,7 @@ def main() -> None:
     tiles = standardised_tiles(val_tiles_in(args.val), config.stain)
     precision = resolve_precision(config.train.precision)
     maps = validation_maps(net, tiles, precision)
-    with_centres = all(hv.shape[0] == 3 for _, hv in maps)
-    configs = [replace(config.postprocess, **s) for s in _settings(with_centres)]
+    configs = [replace(config.postprocess, **s) for s in grid_settings(maps)]
     seconds, tables = {}, {}
     for workers in args.workers:
         started = time.perf_counter()

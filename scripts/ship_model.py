@@ -91,9 +91,7 @@ def retuned(payload: dict, path: Path, val_folders: list[Path], flips: bool = Fa
     precision = resolve_precision(config.train.precision)
     pooled = [tile for folder in val_folders for tile in val_tiles_in(folder)]
     tiles = standardised_tiles(pooled, config.stain)
-    tuned, scores, _ = tuned_config(
-        net, config, tiles, precision, flips=flips, workers=torch.get_num_threads()
-    )
+    tuned, scores, _ = tuned_config(net, config, tiles, precision, flips=flips)
     if flips:
         post = tuned.flips_postprocess
         print(

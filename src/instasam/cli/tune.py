@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     maps = validation_maps(net, tiles, precision, embed, flips=args.flips)
     own = config.postprocess_for(args.flips)
     before = score_maps(maps, tiles, own)
-    chosen, _ = choose_thresholds(maps, tiles, own, workers=torch.get_num_threads())
+    chosen, _ = choose_thresholds(maps, tiles, own)
     after = score_maps(maps, tiles, chosen)
     extra = {k: payload[k] for k in ("step", "val") if k in payload}
     if args.flips:

@@ -373,15 +373,9 @@ def _finish(
     candidates = [(payload.get("step"), best, {"val_default": payload["val"]})]
     if payload.get("step") != state.step:
         candidates.append((state.step, ema, {}))
-    # The threshold grid scores the tiles in the threads torch had, idle once training ends
-    # (the Kumar val tiles' grid: 34 s on 2 threads, 59 s on one).
-    workers = torch.get_num_threads()
     choices = [
         _TunedCandidate(
-            step,
-            net,
-            extra,
-            *tuned_config(net.to(device), config, val_tiles, precision, embed, workers=workers),
+            step, net, extra, *tuned_config(net.to(device), config, val_tiles, precision, embed)
         )
         for step, net, extra in candidates
     ]
