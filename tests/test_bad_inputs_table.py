@@ -156,6 +156,12 @@ def _case_train_zero_budget(t):
     return argv, "--max-minutes"
 
 
+def _case_train_downscale_above_one(t):
+    data = _data(t / "data")
+    argv = ["train", "--data", str(data), "--out", str(t / "out"), "--downscale", "1.5"]
+    return argv, "--downscale"
+
+
 def _case_train_device_for_instasam(t):
     data = _data(t / "data")
     argv = ["train", "--data", str(data), "--out", str(t / "out"), "--arch", "instasam"]
@@ -328,6 +334,7 @@ CASES = {
     ),
     ("train", "--workers below 0"): _case_train_negative_workers,
     ("train", "--max-minutes not above 0"): _case_train_zero_budget,
+    ("train", "--downscale above 1"): _case_train_downscale_above_one,
     ("train", "--device with --arch instasam"): _case_train_device_for_instasam,
     ("train", "--init file missing"): _case_train_init_missing,
     ("train", "--init not a checkpoint"): _case_train_init_not_checkpoint,

@@ -20,7 +20,13 @@ from instasam.pseudo_labels.refine import (
     ignore_around_unlabelled_points,
 )
 from instasam.training import precision as precision_module
-from instasam.training.crops import LabelledTile, crop_targets, jitter_colour, training_batch
+from instasam.training.crops import (
+    LabelledTile,
+    crop_targets,
+    downscaled,
+    jitter_colour,
+    training_batch,
+)
 from instasam.training.loop import (
     BUDGET_RESERVE,
     fitted_steps,
@@ -216,6 +222,25 @@ def test_colour_jitter_is_off_at_zero_and_varies_otherwise():
     assert np.array_equal(jitter_colour(image, off, rng), image)
     a, b = jitter_colour(image, config, rng), jitter_colour(image, config, rng)
     assert a.dtype == np.uint8 and a.shape == image.shape and not np.array_equal(a, b)
+
+
+def test_downscaling_is_off_by_default_without_touching_the_random_stream():
+    image, _, _ = disks(size=32)
+    rng = np.random.default_rng(0)
+    assert downscaled(image, NetConfig().train, rng) is image
+    assert rng.random() == np.random.default_rng(0).random()  # no draw was made
+
+
+def test_downscaling_removes_fine_detail_and_keeps_smooth_shading():
+    rows = np.arange(64)[:, None, None]
+    stripes = np.broadcast_to(np.where(rows % 2 == 0, 40, 220), (64, 64, 3)).astype(np.uint8)
+    ramp = np.broadcast_to(rows * 3 + 30, (64, 64, 3)).astype(np.uint8)
+    config = replace(NetConfig().train, downscale_p=1.0, downscale_range=(0.5, 0.5))
+    rng = np.random.default_rng(0)
+    blurred, smooth = downscaled(stripes, config, rng), downscaled(ramp, config, rng)
+    assert blurred.shape == stripes.shape and blurred.dtype == np.uint8
+    assert np.ptp(blurred[8:-8].astype(int)) < 40  # 1-px stripes: 180 grey levels apart
+    assert np.abs(smooth[8:-8].astype(int) - ramp[8:-8]).max() <= 3
 
 
 def test_a_batch_has_the_configured_crops():

@@ -187,3 +187,25 @@ def test_fine_tuning_row_starts_from_the_centred_network(tmp_path):
     wanted = paper.settings("self-tuned", row, plain)
     assert wanted["fine_tune"] == (500, 5e-4) and "--init" in wanted["recipe"]
     assert "fine_tune" not in paper.settings("centred", paper.ROWS["centred"], plain)
+
+
+def test_the_self_trained_round_downscales_crops_and_the_s_network_does_not(tmp_path):
+    import argparse
+
+    from instasam.cli import build_parser
+    from instasam.cli.train_net import net_config_from_args
+
+    args = argparse.Namespace(out=tmp_path, seed=0, threads=1, steps=None, config=None)
+    folders = {"train": tmp_path / "train", "val": tmp_path / "val"}
+    argv = {
+        name: paper.train_argv(paper.ROWS[name], folders, tmp_path / "l", tmp_path / "r", args)
+        for name in ("self-trained", "centred")
+    }
+    configs = {k: net_config_from_args(build_parser().parse_args(v)) for k, v in argv.items()}
+    assert configs["self-trained"].train.downscale_p == paper.DOWNSCALE > 0
+    assert configs["centred"].train.downscale_p == 0
+    assert paper.training_run("self-trained") == "self-trained"  # not the centred run's
+    plain = argparse.Namespace(seed=0, steps=None, backbone="litemedsam")
+    wanted = paper.settings("self-trained", paper.ROWS["self-trained"], plain)
+    assert wanted["downscale"] == paper.DOWNSCALE and "--downscale" in wanted["recipe"]
+    assert "downscale" not in paper.settings("centred", paper.ROWS["centred"], plain)

@@ -271,6 +271,12 @@ class NetTrainConfig:
     hed_scale: float = 0.2
     hed_shift: float = 0.03
     intensity: float = 0.15
+    # Lost detail: with probability ``downscale_p`` a crop is shrunk by a factor drawn from
+    # ``downscale_range`` and enlarged back (bilinear both ways), as a tile scanned at a
+    # lower magnification looks once resampled to the training's (``--mpp``); the nuclei
+    # keep their size, so the labels are untouched. 0: off (no random draw is made).
+    downscale_p: float = 0.0
+    downscale_range: tuple[float, float] = (0.45, 0.9)
     # A point whose nucleus S left unlabelled says there IS a nucleus there: its
     # neighbourhood (this radius, px) is ignored instead of taught as background.
     unlabelled_point_radius: float = 8.0

@@ -90,6 +90,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="the fused design: add the frozen --backbone's whole-tile embedding to the "
         "network's features at 1/4 resolution (slower to predict; not what ships)",
     )
+    net.add_argument(
+        "--downscale",
+        type=float,
+        metavar="P",
+        help="the share of training crops shrunk (x0.45-0.9) and enlarged back, so the network "
+        "learns the detail a lower magnification keeps after --mpp resampling; default 0",
+    )
     add_precision_option(net)
     add_device_option(net, None, "auto (default): a CUDA GPU where there is one, else the CPU")
     net.add_argument(

@@ -32,10 +32,13 @@ def net_config_from_args(args: argparse.Namespace) -> NetConfig:
         "lr": args.lr,
         "seed": args.seed,
         "precision": args.precision,
+        "downscale_p": args.downscale,
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if args.max_minutes is not None and not args.max_minutes > 0:
         raise InputError("--max-minutes", f"must be above 0, not {args.max_minutes}")
+    if args.downscale is not None and not 0 <= args.downscale <= 1:
+        raise InputError("--downscale", f"must be within 0-1, not {args.downscale}")
     config = replace(config, train=replace(config.train, **overrides))
     if args.dist_loss:
         config = replace(config, loss=replace(config.loss, dist_loss=args.dist_loss))

@@ -25,11 +25,17 @@ def resolution_scale(image_mpp: float | None, target_mpp: float | None) -> float
 
 def resized_image(image: np.ndarray, scale: float) -> np.ndarray:
     """An RGB ``uint8`` image resized by ``scale`` (bilinear), at least 1 px each way."""
+    h, w = image.shape[:2]
+    return image_resized_to(image, (max(1, round(h * scale)), max(1, round(w * scale))))
+
+
+def image_resized_to(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """An RGB ``uint8`` image resized to ``shape`` (rows, columns; bilinear)."""
     from PIL import Image
 
-    h, w = image.shape[:2]
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
+    return np.asarray(
+        Image.fromarray(image).resize((shape[1], shape[0]), Image.Resampling.BILINEAR)
+    )
 
 
 def labels_resized_to(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

@@ -28,6 +28,7 @@ from instasam import IGNORE
 from instasam.augment import CropTransform, apply_to_image, apply_to_labels, random_transform
 from instasam.config import AugmentConfig, NetTrainConfig
 from instasam.model.sam_embedding import STRIDE
+from instasam.predict.resolution import image_resized_to, resized_image
 from instasam.targets import hv_maps
 
 
@@ -110,6 +111,17 @@ def jitter_colour(
     return np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
 
 
+def downscaled(image: np.ndarray, config: NetTrainConfig, rng: np.random.Generator) -> np.ndarray:
+    """``image`` (uint8 RGB), with probability ``config.downscale_p`` shrunk by a factor
+    from ``config.downscale_range`` and enlarged back to its size: the detail it keeps is
+    what a lower magnification's scan has after resampling to the training's."""
+    if config.downscale_p <= 0 or rng.random() >= config.downscale_p:
+        return image
+    factor = rng.uniform(*config.downscale_range)
+    small = resized_image(image, factor)
+    return image_resized_to(small, image.shape[:2])
+
+
 def crop_targets(labels: np.ndarray, hv_scaling: str = "hovernet") -> CropTargets:
     """Foreground, distance maps and loss weight of a crop's label map."""
     known = labels != IGNORE
@@ -169,7 +181,7 @@ def training_batch(
     for _ in range(config.batch_size):
         tile = tiles[rng.choice(len(tiles), p=p)]
         image, labels, transform = sample_crop(tile, config.crop_size, augment, rng)
-        images.append(jitter_colour(image, config, rng))
+        images.append(jitter_colour(downscaled(image, config, rng), config, rng))
         crop = crop_targets(labels, hv_scaling)
         if tile.points is not None:
             crop.centres = centre_heatmap(tile.points, transform, config.centre_sigma)
