@@ -324,6 +324,8 @@ def run_row(row_name: str, args: argparse.Namespace) -> dict:
         predict_classical(folders["test"] / "images", pred)
     else:
         labels = labels_folder(row, folders, args, log)
+        if (mismatch := run_mismatch(run_dir, row)) is not None:
+            sys.exit(f"{run_dir} {mismatch}; use another --out or delete the run")
         if not (run_dir / "thresholds.json").is_file():
             run(train_argv(row, folders, labels, run_dir, args), log)
         checkpoint = _checkpoint_summary(run_dir)
@@ -360,6 +362,18 @@ def run_row(row_name: str, args: argparse.Namespace) -> dict:
         f"AJI+ {100 * m['aji_plus']:.1f} PQ {100 * m['pq']:.1f} -> {result_path}"
     )
     return result
+
+
+def run_mismatch(run_dir: Path, row: Row) -> str | None:
+    """Why a training run already in ``run_dir`` is not this row's (None: it is, or there
+    is none): the one row setting its folder name does not carry, the downscaled share."""
+    config_file = run_dir / "config.json"
+    if not config_file.is_file():
+        return None
+    trained = json.loads(config_file.read_text())["train"].get("downscale_p", 0.0)
+    if trained != row.downscale:
+        return f"was trained with --downscale {trained}, the row asks for {row.downscale}"
+    return None
 
 
 def _checkpoint_summary(run_dir: Path) -> dict:

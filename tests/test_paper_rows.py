@@ -209,3 +209,17 @@ def test_the_self_trained_round_downscales_crops_and_the_s_network_does_not(tmp_
     wanted = paper.settings("self-trained", paper.ROWS["self-trained"], plain)
     assert wanted["downscale"] == paper.DOWNSCALE and "--downscale" in wanted["recipe"]
     assert "downscale" not in paper.settings("centred", paper.ROWS["centred"], plain)
+
+
+def test_a_run_trained_without_the_rows_downscaling_is_not_taken_as_its_own(tmp_path):
+    import json
+
+    row = paper.ROWS["self-trained"]
+    assert paper.run_mismatch(tmp_path, row) is None  # nothing trained there yet
+    (tmp_path / "config.json").write_text(json.dumps({"train": {"downscale_p": 0.0}}))
+    assert "--downscale 0.0" in paper.run_mismatch(tmp_path, row)
+    (tmp_path / "config.json").write_text(json.dumps({"train": {"downscale_p": row.downscale}}))
+    assert paper.run_mismatch(tmp_path, row) is None
+    (tmp_path / "config.json").write_text(json.dumps({"train": {}}))  # before the field
+    assert paper.run_mismatch(tmp_path, row) is not None
+    assert paper.run_mismatch(tmp_path, paper.ROWS["centred"]) is None
