@@ -324,10 +324,11 @@ def run_row(row_name: str, args: argparse.Namespace) -> dict:
         predict_classical(folders["test"] / "images", pred)
     else:
         labels = labels_folder(row, folders, args, log)
-        if (mismatch := run_mismatch(run_dir, row)) is not None:
+        train = train_argv(row, folders, labels, run_dir, args)
+        if (mismatch := run_mismatch(run_dir, train)) is not None:
             sys.exit(f"{run_dir} {mismatch}; use another --out or delete the run")
         if not (run_dir / "thresholds.json").is_file():
-            run(train_argv(row, folders, labels, run_dir, args), log)
+            run(train, log)
         checkpoint = _checkpoint_summary(run_dir)
         predict = ["predict", str(folders["test"] / "images"), "--model", str(run_dir / "model.pt")]
         run([*predict, "--out", str(pred), "--threads", str(args.threads)], log)
@@ -364,16 +365,25 @@ def run_row(row_name: str, args: argparse.Namespace) -> dict:
     return result
 
 
-def run_mismatch(run_dir: Path, row: Row) -> str | None:
-    """Why a training run already in ``run_dir`` is not this row's (None: it is, or there
-    is none): the one row setting its folder name does not carry, the downscaled share."""
+def run_mismatch(run_dir: Path, train: list[str]) -> str | None:
+    """Why a training run already in ``run_dir`` is not the one the ``instasam train``
+    arguments ``train`` ask for (None: it is, or there is none). Its folder name carries the
+    row and seed only, so a row's ``--downscale`` or a ``--steps`` given to this script would
+    otherwise reuse a run trained without them. Settings it saved before a field existed
+    take that field's default."""
+    from dataclasses import fields
+
+    from instasam.cli import build_parser
+    from instasam.cli.train_net import net_config_from_args
+    from instasam.config import NetConfig
+
     config_file = run_dir / "config.json"
     if not config_file.is_file():
         return None
-    trained = json.loads(config_file.read_text())["train"].get("downscale_p", 0.0)
-    if trained != row.downscale:
-        return f"was trained with --downscale {trained}, the row asks for {row.downscale}"
-    return None
+    wanted = net_config_from_args(build_parser().parse_args(train)).train
+    trained = NetConfig.from_dict(json.loads(config_file.read_text())).train
+    differ = [f.name for f in fields(wanted) if getattr(wanted, f.name) != getattr(trained, f.name)]
+    return f"was trained with other settings ({', '.join(differ)})" if differ else None
 
 
 def _checkpoint_summary(run_dir: Path) -> dict:

@@ -211,15 +211,35 @@ def test_the_self_trained_round_downscales_crops_and_the_s_network_does_not(tmp_
     assert "downscale" not in paper.settings("centred", paper.ROWS["centred"], plain)
 
 
-def test_a_run_trained_without_the_rows_downscaling_is_not_taken_as_its_own(tmp_path):
+def test_a_run_trained_otherwise_is_not_taken_as_the_rows_own(tmp_path):
+    import argparse
     import json
 
-    row = paper.ROWS["self-trained"]
-    assert paper.run_mismatch(tmp_path, row) is None  # nothing trained there yet
-    (tmp_path / "config.json").write_text(json.dumps({"train": {"downscale_p": 0.0}}))
-    assert "--downscale 0.0" in paper.run_mismatch(tmp_path, row)
-    (tmp_path / "config.json").write_text(json.dumps({"train": {"downscale_p": row.downscale}}))
-    assert paper.run_mismatch(tmp_path, row) is None
-    (tmp_path / "config.json").write_text(json.dumps({"train": {}}))  # before the field
-    assert paper.run_mismatch(tmp_path, row) is not None
-    assert paper.run_mismatch(tmp_path, paper.ROWS["centred"]) is None
+    from instasam.config import NetConfig
+
+    args = argparse.Namespace(out=tmp_path, seed=0, threads=1, steps=None, config=None)
+    folders = {"train": tmp_path / "train", "val": tmp_path / "val"}
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+
+    def argv(name: str) -> list[str]:
+        return paper.train_argv(paper.ROWS[name], folders, tmp_path / "l", run_dir, args)
+
+    def trained(**train) -> None:
+        config = NetConfig().to_dict()
+        config["train"] = {**config["train"], **train}
+        (run_dir / "config.json").write_text(json.dumps(config))
+
+    assert paper.run_mismatch(run_dir, argv("self-trained")) is None  # nothing trained yet
+    trained(downscale_p=0.0)
+    assert "downscale_p" in paper.run_mismatch(run_dir, argv("self-trained"))
+    assert paper.run_mismatch(run_dir, argv("centred")) is None
+    trained(downscale_p=paper.DOWNSCALE)
+    assert paper.run_mismatch(run_dir, argv("self-trained")) is None
+    config = NetConfig().to_dict()
+    del config["train"]["downscale_p"]  # saved before the field existed: its default, 0
+    (run_dir / "config.json").write_text(json.dumps(config))
+    assert paper.run_mismatch(run_dir, argv("self-trained")) is not None
+    assert paper.run_mismatch(run_dir, argv("centred")) is None
+    args.steps = 2  # a tiny run's --steps is not in the folder name either
+    assert "steps" in paper.run_mismatch(run_dir, argv("centred"))
